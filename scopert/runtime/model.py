@@ -1,0 +1,325 @@
+"""``load()`` and ``Model``: a model file plus its card, ready to restore whole arrays or live frames.
+
+``Model.predict`` plans tiles, normalizes once per input, runs the threaded pipeline and stitches.
+``Model.predict_to`` does the same into a slab sink (a file writer), so memory stays bounded by slabs.
+``Model.stream`` / ``Model.open_stream`` serve acquisition code that pushes frames as they arrive.
+Imports numpy, the runtime's own modules and (lazily) one backend; never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from scopert.card import ModelCard, Normalization, TensorSpec, card_from_metadata, read_sidecar
+from scopert.errors import CardError, ConfigError, InputError
+from scopert.runtime.backends import open_backend
+from scopert.runtime.io import check_array
+from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, to_internal
+from scopert.runtime.normalize import AppliedNormalization, fit_normalization
+from scopert.runtime.pipeline import PipelineStats, run_pipeline
+from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, SlabSink
+from scopert.runtime.tiling import TilePlan, plan_tiles, round_up
+
+log = logging.getLogger(__name__)
+
+STITCH_MODES = ("auto", "crop", "blend")
+
+
+def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes: str | None = None,
+         halo: dict[str, int] | None = None, divisor: dict[str, int] | None = None,
+         scale: dict[str, float] | None = None, threads: int | None = None) -> "Model":
+    """Open a model: an ONNX file with an embedded card, an ONNX file without one (then pass ``axes``,
+    e.g. 'bczyx', and optionally halo/divisor/scale), or an engine with its sidecar card."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model file {path} does not exist.")
+    if path.suffix not in (".onnx", ".engine", ".plan"):
+        raise InputError(f"{path} is not a model file ScopeRT can run; pass an .onnx file (or a TensorRT .engine).")
+    if path.suffix == ".onnx":
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if not head or head.lstrip()[:1] in (b"{", b"<") or head.startswith(b"II*") or head.startswith(b"MM\x00"):
+            raise InputError(f"{path} is not an ONNX model (it looks like another file type). "
+                             "Pass an ONNX file written by `scopert export`.")
+    engine = open_backend(path, backend=backend, device=device, threads=threads)
+    card = read_sidecar(path) or card_from_metadata(engine.metadata, where=f"{path.name}:metadata")
+    if card is None:
+        card = _card_from_arguments(path, engine, axes, halo, divisor, scale)
+    elif axes is not None and axes != card.input.axes:
+        raise ConfigError(f"axes={axes!r} disagrees with the model's card ({card.input.axes!r}); drop the option.")
+    log.info("loaded %s (%s) on %s: %s", path.name, card.family, engine.info.name, engine.info.reason)
+    return Model(engine, card, path)
+
+
+def _card_from_arguments(path, engine, axes, halo, divisor, scale) -> ModelCard:
+    if axes is None:
+        raise CardError(
+            f"{path.name} has no ScopeRT card, so its axes are unknown. Pass them: --axes bczyx (3D), bcyx (2D) "
+            "or btcyx (2D+t), or re-export the model with `scopert export`."
+        )
+    spatial = "".join(a for a in axes if a in "tzyx")
+    card = ModelCard(
+        family="unknown", name=path.stem,
+        input=TensorSpec(engine.input_name, axes, divisor=dict(divisor or {}), scale={}),
+        output=TensorSpec(engine.output_name, axes, scale=dict(scale or {})),
+        halo={a: int((halo or {}).get(a, 0)) for a in spatial},
+        tile_invariant=False, normalization=Normalization(kind="percentile", pmin=1.0, pmax=99.8),
+        notes="card inferred from arguments (the ONNX file had none)",
+    )
+    card.validate(where="arguments")
+    log.info("no card in %s: using axes=%s halo=%s divisor=%s scale=%s, percentile normalization 1/99.8, "
+             "blend stitching", path.name, axes, card.halo, card.input.divisor, card.output.scale)
+    return card
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before the first tile runs."""
+
+    plan: TilePlan
+    in_layout: Layout
+    out_layout: Layout
+    out_channels: int
+    stitch: str
+    batch: int
+    window: str
+
+
+class Model:
+    def __init__(self, backend, card: ModelCard, path: Path) -> None:
+        self.backend = backend
+        self.card = card
+        self.path = path
+        self.in_layout, self.out_layout = layouts(card)
+        self.last_stats: PipelineStats | None = None
+
+    def __repr__(self) -> str:
+        return f"Model({self.path.name!r}, family={self.card.family!r}, backend={self.backend.info.name!r})"
+
+    # ---- planning ------------------------------------------------------------------------------------
+    def _tiled_shape(self, internal: np.ndarray, layout: Layout) -> dict[str, int]:
+        return dict(zip(layout.tiled, internal.shape[1:]))
+
+    def default_tile(self, shape: dict[str, int]) -> dict[str, int]:
+        """The card's default tile, or a size that keeps the halo overhead modest."""
+        tile = {}
+        for ax, n in shape.items():
+            d = self.card.input.divisor.get(ax, 1)
+            h = self.card.halo.get(ax, 0)
+            base = self.card.default_tile.get(ax)
+            if base is None:
+                base = self.card.input.time_window if ax == "t" else (32 if ax == "z" else 256)
+            base = max(int(base), 4 * h + d)
+            tile[ax] = round_up(base, d)
+        return tile
+
+    def _scales(self) -> dict[str, float]:
+        out = dict(self.card.output.scale)
+        return {ax: float(out.get(ax, 1.0)) for ax in self.in_layout.tiled}
+
+    def make_plan(self, shape: dict[str, int], tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
+                  window: str = "gaussian") -> RunPlan:
+        if stitch not in STITCH_MODES:
+            raise ConfigError(f"stitch={stitch!r}; choose one of {', '.join(STITCH_MODES)}.")
+        if stitch == "auto":
+            stitch = "crop" if self.card.tile_invariant else "blend"
+        tiles = self.default_tile(shape) if tile is None else _per_axis(tile, shape, "tile")
+        if "t" in tiles and "t" in shape and self.card.input.time_window and "t" in self.card.output.axes:
+            tiles["t"] = max(tiles["t"], 1)
+        overlaps = None if overlap is None else _per_axis(overlap, shape, "overlap")
+        plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps)
+        return RunPlan(plan, self.in_layout, self.out_layout, self.card.output.channels, stitch,
+                       batch or 1, window)
+
+    # ---- running -------------------------------------------------------------------------------------
+    def _infer(self, expected_out: tuple[int, ...] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        def infer(batch: np.ndarray) -> np.ndarray:
+            out = self.backend.run(self.in_layout.to_model(batch))
+            return self.out_layout.from_model(out)
+        return infer
+
+    def _run(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,
+             progress: Callable[[int], None] | None = None) -> PipelineStats:
+        plan = rp.plan
+
+        def read_tile(tile) -> np.ndarray:
+            src, pads = [slice(None)], [(0, 0)]
+            for ap, at in zip(plan.plans, tile.axes):
+                lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
+                src.append(slice(lo, hi))
+                pads.append((lo - at.start, at.start + at.size - hi))
+            block = norm(np.asarray(internal[tuple(src)]))
+            if any(p != (0, 0) for p in pads):
+                block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
+            return block
+
+        def make_stitcher(out_sink: SlabSink):
+            if rp.stitch == "crop":
+                return CropStitcher(plan, rp.out_channels, out_sink)
+            return BlendStitcher(plan, rp.out_channels, out_sink, window=rp.window)
+
+        checked = {}
+
+        def infer(batch: np.ndarray) -> np.ndarray:
+            out = self._infer()(batch)
+            if not checked:
+                want = (rp.out_channels,) + tuple(int(round(n * ap.scale)) for n, ap in zip(batch.shape[2:], plan.plans))
+                if tuple(out.shape[1:]) != want:
+                    raise CardError(
+                        f"the model returned a tile of shape {tuple(out.shape[1:])} where the card promises {want} "
+                        "(channels, then tiled axes). The card's output channels or scale are wrong; re-export."
+                    )
+                checked["ok"] = True
+            return out
+
+        stats = run_pipeline(plan, read_tile, infer, make_stitcher, sink, batch=rp.batch, on_tile=progress)
+        self.last_stats = stats
+        return stats
+
+    def prepare(self, array: np.ndarray, axes: str | None = None, pmin: float | None = None,
+                pmax: float | None = None) -> tuple[np.ndarray, str, AppliedNormalization]:
+        """Check the input, resolve its axes, and fit the normalization once for the whole input."""
+        check_array(array)
+        data_axes = resolve_data_axes(array, self.card, axes)
+        internal = to_internal(array, data_axes, self.in_layout)
+        if internal.shape[0] != self.card.input.channels and "c" in self.card.input.axes:
+            raise InputError(f"the input has {internal.shape[0]} channels; the model takes {self.card.input.channels}.")
+        norm = fit_normalization(array, self.card.normalization, pmin, pmax)
+        return internal, data_axes, norm
+
+    def output_axes(self, data_axes: str) -> str:
+        """The axes of ``predict``'s result: the input's, with 'c' kept where it was (or first if added)."""
+        if self.card.output.channels == 1 and "c" not in data_axes:
+            return data_axes
+        return data_axes if "c" in data_axes else "c" + data_axes
+
+    def output_shape(self, internal_shape: tuple[int, ...]) -> tuple[int, ...]:
+        scales = self._scales()
+        return (self.card.output.channels,) + tuple(
+            int(round(n * scales[ax])) for ax, n in zip(self.in_layout.tiled, internal_shape[1:]))
+
+    def predict(self, array: np.ndarray, tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
+                *, axes: str | None = None, pmin: float | None = None, pmax: float | None = None,
+                window: str = "gaussian", progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Restore a whole array (2D, 3D or 2D+t, with or without a channel axis) tile by tile."""
+        if centre_frame_model(self.card):
+            return self._predict_frames(array, tile, overlap, stitch, batch, axes, window, progress)
+        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
+        rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
+        out = np.empty(self.output_shape(internal.shape), np.float32)
+        self._run(internal, norm, rp, ArraySink(out), progress)
+        return self._to_data_layout(out, data_axes)
+
+    def predict_to(self, array: np.ndarray, sink: SlabSink, tile=None, overlap=None, stitch: str = "auto",
+                   batch: int | None = None, *, axes: str | None = None, pmin: float | None = None,
+                   pmax: float | None = None, window: str = "gaussian",
+                   progress: Callable[[int], None] | None = None) -> PipelineStats:
+        """Like ``predict`` but hands (C, n, ...) output slabs to ``sink`` as they complete (bounded memory)."""
+        internal, _, norm = self.prepare(array, axes, pmin, pmax)
+        rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
+        return self._run(internal, norm, rp, sink, progress)
+
+    def n_tiles(self, shape: tuple[int, ...], axes: str | None = None, tile=None, overlap=None,
+                stitch: str = "auto") -> int:
+        """How many tiles a run over an array of ``shape`` will take (for progress bars)."""
+        dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+        data_axes = resolve_data_axes(dummy, self.card, axes)
+        layout = self.in_layout
+        if centre_frame_model(self.card):
+            frames = shape[data_axes.index("t")]
+            spatial = {a: shape[data_axes.index(a)] for a in layout.tiled}
+            return frames * self.make_plan(spatial, tile, overlap, stitch).plan.n_tiles
+        internal_shape = to_internal(dummy, data_axes, layout).shape
+        return self.make_plan(dict(zip(layout.tiled, internal_shape[1:])), tile, overlap, stitch).plan.n_tiles
+
+    def _to_data_layout(self, out: np.ndarray, data_axes: str) -> np.ndarray:
+        out_axes = self.output_axes(data_axes)
+        internal_axes = "c" + self.in_layout.tiled
+        if "c" not in out_axes:
+            return out[0]
+        return np.transpose(out, [internal_axes.index(a) for a in out_axes])
+
+    # ---- window-of-frames models (centre frame out) -----------------------------------------------------
+    def frame_window(self, n_frames: int, i: int) -> list[int]:
+        """Frame indices feeding output frame ``i``, mirrored at both ends of the movie as the seed does."""
+        size = self.card.input.time_window or 1
+        half = size // 2
+        if n_frames < size:
+            raise InputError(f"the movie has {n_frames} frames, fewer than the model's time window of {size}. "
+                             f"Give at least {size} frames.")
+        out = []
+        for k in range(-half, size - half):
+            if i < half:
+                j = i + abs(k)
+            elif i > n_frames - half - 1:
+                j = i - abs(k)
+            else:
+                j = i + k
+            out.append(j)
+        return out
+
+    def _normalize_frames(self, frames: np.ndarray) -> np.ndarray:
+        spec = self.card.normalization
+        if spec.per_frame:
+            return np.stack([fit_normalization(f, spec)(np.asarray(f)) for f in frames])
+        return fit_normalization(frames, spec)(np.asarray(frames))
+
+    def predict_window(self, window: np.ndarray, centre_raw: np.ndarray, tile=None, overlap=None,
+                       stitch: str = "auto", batch: int | None = None, window_kind: str = "gaussian",
+                       progress=None) -> np.ndarray:
+        """Run one window of raw frames (T, y, x) and return the restored centre frame (y, x)."""
+        normalized = self._normalize_frames(window)
+        rp = self.make_plan(dict(zip(self.in_layout.tiled, normalized.shape[1:])), tile, overlap, stitch, batch,
+                            window_kind)
+        out = np.empty(self.output_shape(normalized.shape), np.float32)
+        self._run(normalized, AppliedNormalization(0.0, 1.0), rp, ArraySink(out), progress)
+        frame = out[0]
+        if self.card.postprocess.get("kind") == "minmax_to_centre_frame":
+            lo, hi = float(frame.min()), float(frame.max())
+            rlo, rhi = float(np.min(centre_raw)), float(np.max(centre_raw))
+            frame = (frame - lo) / (hi - lo if hi > lo else 1.0) * (rhi - rlo) + rlo
+        return frame.astype(np.float32)
+
+    def _predict_frames(self, array, tile, overlap, stitch, batch, axes, window, progress) -> np.ndarray:
+        check_array(array)
+        data_axes = resolve_data_axes(array, self.card, axes)
+        movie = np.transpose(array, [data_axes.index(a) for a in "t" + self.in_layout.tiled])
+        n = movie.shape[0]
+        outs = [self.predict_window(movie[self.frame_window(n, i)], movie[i], tile, overlap, stitch, batch, window,
+                                    progress) for i in range(n)]
+        return np.stack(outs)
+
+    # ---- live acquisition --------------------------------------------------------------------------------
+    def open_stream(self, on_full: str = "block", max_queue: int = 8, **predict_kwargs):
+        """A stream that acquisition code ``push``es frames into and reads restored frames from, in order."""
+        from scopert.runtime.stream import FrameStream, make_frame_processor
+
+        return FrameStream(make_frame_processor(self, **predict_kwargs), on_full=on_full, max_queue=max_queue)
+
+    def stream(self, frames: Iterable[np.ndarray], on_full: str = "block", max_queue: int = 8,
+               **predict_kwargs) -> Iterator[np.ndarray]:
+        """Yield restored outputs, in order, for frames (or volumes) from any iterable, e.g. a camera."""
+        stream = self.open_stream(on_full=on_full, max_queue=max_queue, **predict_kwargs)
+        self.last_stream = stream
+        yield from stream.run(frames)
+
+
+def _per_axis(value, shape: dict[str, int], what: str) -> dict[str, int]:
+    """Accept an int, a sequence in tiled-axis order, or a dict keyed by axis letter."""
+    if isinstance(value, dict):
+        missing = set(shape) - set(value)
+        if missing:
+            raise ConfigError(f"{what} is missing axes {sorted(missing)}; give all of {''.join(shape)}.")
+        return {ax: int(value[ax]) for ax in shape}
+    if isinstance(value, (int, np.integer)):
+        return {ax: int(value) for ax in shape}
+    value = list(value)
+    if len(value) != len(shape):
+        raise ConfigError(f"{what} {tuple(value)} has {len(value)} values, but the tiled axes are "
+                          f"{''.join(shape)} ({len(shape)} values).")
+    return {ax: int(v) for ax, v in zip(shape, value)}

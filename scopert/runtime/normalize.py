@@ -1,0 +1,82 @@
+"""Input normalization, computed once per input (never per tile) and applied tile by tile.
+
+Statistics come from a bounded subsample of voxels, read plane by plane along the first axis, so a
+memory-mapped volume is never loaded whole. Imports only numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scopert.card import Normalization
+
+MAX_SAMPLES = 4_000_000
+
+
+@dataclass(frozen=True)
+class AppliedNormalization:
+    """A fixed affine map ``(x - offset) / scale`` (with optional clipping), ready to apply to any tile."""
+
+    offset: float
+    scale: float
+    clip: tuple[float, float] | None = None
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        out = (tile.astype(np.float32, copy=False) - np.float32(self.offset)) * np.float32(1.0 / self.scale)
+        if self.clip is not None:
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        return out
+
+
+def subsample(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
+    """An evenly strided subsample of at most ~max_samples voxels, read plane by plane."""
+    total = array.size
+    if total <= max_samples:
+        return np.asarray(array).ravel()
+    step0 = max(1, int(np.ceil(array.shape[0] / max(1, max_samples // max(1, total // array.shape[0])))))
+    planes = range(0, array.shape[0], step0)
+    per_plane = max(1, max_samples // len(planes))
+    pieces = []
+    for i in planes:
+        flat = np.asarray(array[i]).ravel()
+        stride = max(1, flat.size // per_plane)
+        pieces.append(flat[::stride])
+    return np.concatenate(pieces)
+
+
+def fit_normalization(array: np.ndarray, spec: Normalization, pmin: float | None = None,
+                      pmax: float | None = None) -> AppliedNormalization:
+    """Turn the card's normalization into a fixed affine map for this input.
+
+    ``pmin``/``pmax`` override the card's percentiles (3D-RCAN's ``--p_min/--p_max``). ``zscore`` with
+    ``per_frame`` is handled by the caller frame by frame (each frame gets its own map).
+    """
+    kind = spec.kind
+    if kind == "none":
+        return AppliedNormalization(0.0, 1.0)
+    if kind == "fixed":
+        return AppliedNormalization(spec.offset, spec.scale, (0.0, 1.0) if spec.clip else None)
+    sample = subsample(array).astype(np.float64)
+    if kind == "percentile":
+        lo, hi = np.percentile(sample, [spec.pmin if pmin is None else pmin, spec.pmax if pmax is None else pmax])
+        return AppliedNormalization(float(lo), float(hi - lo + spec.eps), (0.0, 1.0) if spec.clip else None)
+    if kind == "zscore":
+        std = float(sample.std(ddof=1)) if sample.size > 1 else 1.0
+        return AppliedNormalization(float(sample.mean()), std if std > 0 else 1.0)
+    if kind == "minmax":
+        lo, hi = _exact_min_max(array)
+        rng = hi - lo if hi > lo else 1.0
+        if spec.symmetric:  # to [-1, 1]
+            return AppliedNormalization(lo + rng / 2, rng / 2, (-1.0, 1.0) if spec.clip else None)
+        return AppliedNormalization(lo, rng, (0.0, 1.0) if spec.clip else None)
+    raise ValueError(f"unknown normalization kind {kind!r}")
+
+
+def _exact_min_max(array: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    for i in range(array.shape[0]):
+        plane = np.asarray(array[i])
+        lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
+    return lo, hi

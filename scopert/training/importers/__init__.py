@@ -1,0 +1,1 @@
+"""One importer per seed checkpoint format; each writes a run folder that ``scopert export`` accepts."""

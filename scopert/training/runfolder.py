@@ -1,0 +1,107 @@
+"""The run folder: what training and importers write and what ``scopert export`` reads.
+
+Layout::
+
+    runs/NAME/
+      run.json               {"family": ..., "model": {...architecture...}, "train": {...}, "source": {...}}
+      checkpoints/best.pt    {"model_state_dict": ..., "epoch": ..., "val_loss": ...}
+      checkpoints/last.pt    the same plus optimizer/scheduler state, for resuming
+      metrics.csv, loss.png  written by the trainer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scopert.errors import CheckpointError, ConfigError
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class RunInfo:
+    folder: Path
+    family: str
+    model_config: dict[str, Any]
+    train_config: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT_DIR / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT_DIR / "last.pt"
+
+
+def write_run_info(info: RunInfo) -> None:
+    info.folder.mkdir(parents=True, exist_ok=True)
+    (info.folder / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    data = {"family": info.family, "model": info.model_config, "train": info.train_config, "source": info.source}
+    atomic_write_bytes(info.folder / RUN_FILE, json.dumps(data, indent=2).encode())
+
+
+def read_run_info(folder: str | os.PathLike) -> RunInfo:
+    folder = Path(folder)
+    path = folder / RUN_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"{folder} is not a ScopeRT run folder (no {RUN_FILE}). Pass a folder made by "
+            "`scopert train` or `scopert import`."
+        )
+    data = json.loads(path.read_text())
+    for key in ("family", "model"):
+        if key not in data:
+            raise ConfigError(f"{path}: the key {key!r} is missing; the run folder is damaged.")
+    return RunInfo(folder, data["family"], data["model"], data.get("train", {}), data.get("source", {}))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary name, then rename: an interrupted save never leaves half a checkpoint."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(folder: str | os.PathLike, which: str = "best") -> tuple[RunInfo, Any]:
+    """Rebuild the model of a run folder and load its ``best`` (or ``last``) weights, in eval mode."""
+    import torch
+
+    from scopert.training.registry import get_family
+
+    info = read_run_info(folder)
+    ckpt = info.best_checkpoint if which == "best" else info.last_checkpoint
+    if not ckpt.exists():
+        raise CheckpointError(
+            f"{info.folder} has no checkpoint ({ckpt.relative_to(info.folder)} is missing). "
+            "Train longer than one epoch, or import a checkpoint with `scopert import`."
+        )
+    model = get_family(info.family).build_model(info.model_config)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model_state_dict"])
+    model.eval()
+    return info, model
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
