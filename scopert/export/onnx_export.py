@@ -1,0 +1,337 @@
+"""Export a run folder's model to one self-contained ONNX file with its ModelCard, verified against PyTorch.
+
+Steps: load the model (``scopert.training.runfolder.load_model``), trace ``family.export_module`` (or the
+model) with the TorchScript exporter (``dynamo=False``: it needs no onnxscript and writes no external data)
+with dynamic batch, time and spatial axes; ``onnx.checker`` (full check); ONNX Runtime (CPU) vs PyTorch on
+the family's export shapes; the halo measured by ``receptive_field``; the card embedded in
+``metadata_props``; the file written atomically (temporary name, then ``os.replace``).
+
+Imports torch, onnx, onnxruntime, ``scopert.training`` and ``scopert.card``; must not import
+``scopert.runtime``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scopert.card import METADATA_KEY, ModelCard
+from scopert.errors import CardError, ConfigError, InputError, OutputError, RunError
+from scopert.export.receptive_field import RFResult, measure_receptive_field
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17  # TensorRT 10.0+ and 11.x parse it; LayerNormalization is a single node from 17
+MIN_OPSET = 13
+TORCHSCRIPT_MAX_OPSET = 20  # torch's TorchScript exporter stops at 20; 21+ needs dynamo and onnxscript
+DYNAMIC_AXES = "btzyx"
+# Fields of the card that export measures or fills in itself; a family's card_fields may not set them.
+EXPORT_OWNED = ("family", "name", "source", "training_config", "halo", "verification", "precision", "schema_version")
+# Probe sizes across the measured axis: cheap, and wide enough that some ReLU path is alive.
+PROBE_CROSS = {2: 4, 3: 1}
+
+
+def export_run(
+    run_folder: str | os.PathLike,
+    out_path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    shapes: list[tuple[int, ...]] | None = None,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> ModelCard:
+    """Export the best checkpoint of ``run_folder`` to ``out_path`` (.onnx) and return the embedded card.
+
+    ``shapes``: input shapes (with batch) for the ONNX-vs-PyTorch check; at least two, so that the dynamic
+    axes are exercised (defaults to ``family.export_shapes``). Raises RunError if any output differs from
+    PyTorch by more than ``atol``.
+    """
+    import torch
+
+    from scopert.training.registry import get_family
+    from scopert.training.runfolder import load_model
+
+    out_path = _check_out_path(out_path)
+    _check_opset(opset)
+    info, model = load_model(run_folder)
+    family = get_family(info.family)
+    cfg = info.model_config
+    module = family.export_module(model, cfg) if family.export_module is not None else model
+    module = module.float().eval()
+
+    card = _base_card(family.card_fields(cfg), info, out_path)
+    shapes = [tuple(int(s) for s in shape) for shape in (shapes if shapes is not None else family.export_shapes(cfg))]
+    _check_shapes(shapes, card)
+
+    with torch.no_grad():
+        proto = _export_onnx(module, card, shapes[0], opset, seed)
+    verification = _verify(proto, module, card, shapes, atol, seed)
+    rf = _measure(module, card, seed)
+
+    card.halo = dict(rf.halo)
+    if card.tile_invariant and rf.global_dependency:
+        log.warning(
+            "family %r declares the model tile-invariant, but the measured response is global along %s; "
+            "recording tile_invariant=False (the runtime will blend tiles)", info.family, rf.global_axes,
+        )
+        card.tile_invariant = False
+    elif not card.tile_invariant and not rf.global_dependency:
+        log.info("family %r declares the model tile-variant; the probe found no global dependency (kept False)",
+                 info.family)
+    verification.update(opset=opset, exporter="dynamo" if opset > TORCHSCRIPT_MAX_OPSET else "torchscript")
+    verification["receptive_field"] = rf.to_dict()
+    card.verification = {"onnx_vs_torch": verification}
+    card.validate(where=str(out_path))
+
+    card.embed(proto)
+    _write_atomic(proto, out_path)
+    log.info("exported %s: max |onnx - torch| = %.3g, halo %s, tile_invariant=%s", out_path,
+             verification["max_abs_error"], card.halo, card.tile_invariant)
+    return card
+
+
+def read_card(onnx_path: str | os.PathLike) -> ModelCard:
+    """The ModelCard embedded in an ONNX file (export side; the runtime reads it through onnxruntime)."""
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist. Give the path of an .onnx file made by `scopert export`.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, onnx may raise others
+        raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}). Re-export it.") from None
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ModelCard.from_json(prop.value, where=str(path))
+    raise CardError(f"{path} has no ScopeRT card ({METADATA_KEY!r} metadata). Export it with `scopert export`.")
+
+
+# ---- card ---------------------------------------------------------------------------------------------
+def _base_card(fields: dict[str, Any], info: Any, out_path: Path) -> ModelCard:
+    """The card from the family's fields and the run folder; halo and verification come later."""
+    from scopert.training.runfolder import sha256_of
+
+    data = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in dict(fields).items()}
+    owned = sorted(set(data) & set(EXPORT_OWNED))
+    if owned:
+        raise ConfigError(
+            f"family {info.family!r}: card_fields sets {owned[0]!r}, which export measures or fills in itself. "
+            "Remove it from the family's card_fields."
+        )
+    for key in ("input", "output"):
+        if key not in data:
+            raise ConfigError(
+                f"family {info.family!r}: card_fields has no {key!r} TensorSpec; the family must give it."
+            )
+    source = {k: str(v) for k, v in (info.source or {}).items() if k in ("path", "sha256", "format")}
+    if not source.get("sha256"):
+        ckpt = info.best_checkpoint
+        source = {"path": source.get("path") or str(ckpt), "sha256": sha256_of(ckpt),
+                  "format": source.get("format") or "scopert-run"}
+    data.update(
+        family=info.family,
+        name=out_path.name[: -len(".onnx")],
+        source=source,
+        training_config={"model": info.model_config, "train": info.train_config},
+    )
+    return ModelCard.from_dict(data, where=f"family {info.family!r} card_fields")
+
+
+# ---- checks -------------------------------------------------------------------------------------------
+def _check_out_path(out_path: str | os.PathLike) -> Path:
+    path = Path(out_path)
+    if path.suffix.lower() != ".onnx":
+        raise OutputError(f"the export target {path} must end in .onnx; give a file name such as model.onnx.")
+    if path.is_dir():
+        raise OutputError(f"the export target {path} is a folder; give a file name such as {path / 'model.onnx'}.")
+    return path
+
+
+def _check_opset(opset: int) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ConfigError(
+            f"opset must be an integer >= {MIN_OPSET}, got {opset!r}. Use 17 (TensorRT 10/11 parse opsets 9-24)."
+        )
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"opset {opset} needs torch's dynamo exporter, which needs the onnxscript package. "
+                f"Install it (pip install onnxscript) or use an opset <= {TORCHSCRIPT_MAX_OPSET}."
+            ) from None
+
+
+def _check_shapes(shapes: list[tuple[int, ...]], card: ModelCard) -> None:
+    """Each verification shape must fit the card's axes, channels, divisor and time window."""
+    if len(shapes) < 2:
+        raise ConfigError(
+            f"export needs at least two verification shapes to check the dynamic axes, got {len(shapes)}. "
+            "Pass two or more input shapes (with batch)."
+        )
+    spec = card.input
+    for shape in shapes:
+        if len(shape) != len(spec.axes):
+            raise ConfigError(f"verification shape {shape} has {len(shape)} axes; the input axes are {spec.axes!r}.")
+        dims = dict(zip(spec.axes, shape))
+        if any(s < 1 for s in shape):
+            raise ConfigError(f"verification shape {shape} has a size < 1.")
+        if "c" in dims and dims["c"] != spec.channels:
+            raise ConfigError(f"verification shape {shape} has {dims['c']} channels; the model takes {spec.channels}.")
+        for ax, d in spec.divisor.items():
+            if dims[ax] % int(d):
+                raise ConfigError(f"verification shape {shape}: axis {ax!r} = {dims[ax]} is not a multiple of {d}.")
+
+
+# ---- export ------------------------------------------------------------------------------------------
+def _export_onnx(module: Any, card: ModelCard, shape: tuple[int, ...], opset: int, seed: int) -> Any:
+    """Trace to ONNX in memory and run the full checker; returns the ModelProto."""
+    import onnx
+    import torch
+
+    x = torch.from_numpy(_sample(card, shape, seed))
+    in_name, out_name = card.input.name, card.output.name
+    dynamic = {
+        in_name: {i: a for i, a in enumerate(card.input.axes) if a in DYNAMIC_AXES},
+        out_name: {i: _out_dim_name(card, a) for i, a in enumerate(card.output.axes) if a in DYNAMIC_AXES},
+    }
+    buffer = io.BytesIO()
+    kwargs: dict[str, Any] = dict(
+        input_names=[in_name], output_names=[out_name], opset_version=opset, dynamic_axes=dynamic,
+        do_constant_folding=True,
+    )
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        kwargs.update(dynamo=True, external_data=False)  # needs onnxscript, checked in _check_opset
+    else:
+        kwargs.update(dynamo=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = torch.onnx.export(module, (x,), buffer if not kwargs["dynamo"] else None, **kwargs)
+        except Exception as exc:
+            raise RunError(
+                f"torch.onnx.export failed at opset {opset} ({type(exc).__name__}: {exc}). An operator may need a "
+                "newer opset (try --opset 18..20), or the family's export_module must replace it."
+            ) from exc
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            log.debug("exporter: %s", w.message)
+        else:  # e.g. TracerWarning: shape-dependent Python code; the multi-shape check below catches real damage
+            log.warning("exporter: %s", w.message)
+    if kwargs["dynamo"]:
+        proto = result.model_proto
+    else:
+        proto = onnx.load_from_string(buffer.getvalue())
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise RunError(f"the exported ONNX graph fails onnx.checker ({exc}). Try another opset.") from exc
+    return proto
+
+
+def _out_dim_name(card: ModelCard, axis: str) -> str:
+    """Output dims share the input's name unless the model rescales that axis (then they differ)."""
+    if float(card.output.scale.get(axis, 1.0)) != 1.0:
+        return f"{axis}_out"
+    return axis
+
+
+def _input_range(card: ModelCard) -> tuple[float, float]:
+    """The model's normalized input range: [-1, 1] for symmetric min-max, else [0, 1]."""
+    n = card.normalization
+    return (-1.0, 1.0) if n.kind == "minmax" and n.symmetric else (0.0, 1.0)
+
+
+def _sample(card: ModelCard, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A reproducible uniform random input in the model's normalized range."""
+    rng = np.random.default_rng([seed, *shape])
+    lo, hi = _input_range(card)
+    return rng.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+# ---- verification -------------------------------------------------------------------------------------
+def _verify(proto: Any, module: Any, card: ModelCard, shapes: list[tuple[int, ...]], atol: float,
+            seed: int) -> dict[str, Any]:
+    """Run ONNX Runtime (CPU) and PyTorch on every shape; fail if any max abs error exceeds ``atol``."""
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    per_shape = []
+    for shape in shapes:
+        x = _sample(card, shape, seed)
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x))
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).float().numpy()
+        got = session.run([card.output.name], {card.input.name: x})[0]
+        if got.shape != ref.shape:
+            raise RunError(
+                f"ONNX output shape {got.shape} differs from PyTorch {ref.shape} for input {shape}: the traced graph "
+                "froze a shape. Make the model's forward free of Python arithmetic on tensor sizes."
+            )
+        if not np.all(np.isfinite(ref)):
+            raise RunError(f"PyTorch produced NaN/Inf for a random input of shape {shape}; the weights are damaged.")
+        err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+        if not np.isfinite(err):
+            err = float("inf")
+        per_shape.append({"shape": list(shape), "max_abs_error": err, "max_abs_output": float(np.max(np.abs(ref)))})
+    worst = max(per_shape, key=lambda s: s["max_abs_error"])
+    if worst["max_abs_error"] > atol:
+        raise RunError(
+            f"ONNX Runtime differs from PyTorch by {worst['max_abs_error']:.3g} (> atol {atol:g}) for input shape "
+            f"{tuple(worst['shape'])}. The graph is wrong at this shape (shape-dependent code in forward?) or "
+            "numerically fragile; fix the model's export_module, or raise atol if the error is acceptable."
+        )
+    return {
+        "max_abs_error": worst["max_abs_error"],
+        "atol": atol,
+        "shapes": per_shape,
+        "input_range": list(_input_range(card)),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def _measure(module: Any, card: ModelCard, seed: int) -> RFResult:
+    """Measure the halo on a probe that is small across each measured axis (see receptive_field)."""
+    spec = card.input
+    ndim = len(spec.spatial_axes)
+    probe = []
+    for ax in spec.axes:
+        if ax == "b":
+            probe.append(1)
+        elif ax == "c":
+            probe.append(spec.channels)
+        elif ax == "t":
+            probe.append(int(spec.time_window or 1))
+        else:
+            d = int(spec.divisor.get(ax, 1))
+            probe.append(-(-PROBE_CROSS.get(ndim, 1) // d) * d)
+    return measure_receptive_field(module, tuple(probe), spec.axes, output_axes=card.output.axes,
+                                   divisor=spec.divisor, seed=seed)
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+def _write_atomic(proto: Any, out_path: Path) -> None:
+    """Serialize to ``<out>.tmp`` and rename: an interrupted export never leaves half a model."""
+    try:
+        data = proto.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        raise RunError(f"the ONNX model is too large for one file ({exc}).") from exc
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {out_path} ({exc.strerror}). Choose a writable folder.") from None

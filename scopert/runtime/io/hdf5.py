@@ -1,0 +1,225 @@
+"""HDF5 reading and writing for the runtime (h5py), with pytorch-3dunet's dataset names.
+
+pytorch-3dunet keeps inputs in a dataset called ``raw`` (and labels in ``label``) and writes
+``predictions``; those are the defaults here. Reads are lazy: ``read_hdf5`` returns the
+``h5py.Dataset`` itself, so a large volume is read slab by slab. Writes are atomic; the
+``Hdf5StreamWriter`` creates the dataset at its final shape and fills it slab by slab.
+
+Imports numpy, h5py, the standard library and scopert only (never torch or onnx).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from scopert.errors import ConfigError, InputError, OutputError, RunError
+from scopert.runtime.io.atomic import atomic_path
+from scopert.runtime.io.image import ImageData, RUNTIME_AXES, validate_axes
+
+log = logging.getLogger(__name__)
+
+COMPRESSIONS = ("gzip", "lzf", None)
+
+
+def list_datasets(f: h5py.Group) -> list[str]:
+    """Full names of every dataset in an open HDF5 file or group, sorted."""
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(names)
+
+
+def _open_read(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file; check the path")
+    if not h5py.is_hdf5(path):
+        raise InputError(
+            f"{path} is not an HDF5 file (or its header is corrupt); give an HDF5 file, "
+            "or use the right suffix for its real format"
+        )
+    try:
+        # No file locking: inputs are opened read-only and may live on read-only or network mounts.
+        return h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise InputError(f"{path} cannot be opened as HDF5 ({e}); the file may be truncated or corrupt") from e
+
+
+def _axes_attr(ds: h5py.Dataset, path: Path) -> str | None:
+    raw = ds.attrs.get("axes")
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    axes = str(raw).lower()
+    if set(axes) - set(RUNTIME_AXES) or len(set(axes)) != len(axes) or len(axes) != ds.ndim:
+        raise InputError(
+            f"{path}:{ds.name} has axes attribute {raw!r} that does not fit its {ds.ndim} dimensions "
+            "(expected one of t, c, z, y, x per dimension); fix or delete the attribute"
+        )
+    return axes
+
+
+def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = True) -> ImageData:
+    """Open one dataset of an HDF5 file read-only; its ``axes`` attribute, if any, gives the axes.
+
+    With ``lazy`` (default) the array is the open ``h5py.Dataset`` and the file stays open until
+    ``ImageData.close()``; otherwise it is loaded and the file closed. A missing dataset raises
+    InputError listing the datasets the file does have.
+    """
+    path = Path(path)
+    f = _open_read(path)
+    try:
+        obj = f.get(dataset)
+        if not isinstance(obj, h5py.Dataset):
+            found = list_datasets(f)
+            what = "is a group, not a dataset" if obj is not None else "is not in the file"
+            raise InputError(
+                f"dataset {dataset!r} {what} {path}; it has {', '.join(map(repr, found)) or 'no datasets'}: "
+                "pass one of them as the dataset name"
+            )
+        axes = _axes_attr(obj, path)
+        if lazy:
+            return ImageData(array=obj, axes=axes, path=path, source_axes=axes, dataset=dataset, _closer=f.close)
+        try:
+            array = obj[()]
+        except OSError as e:
+            raise InputError(f"{path}:{dataset} cannot be read ({e}); the file may be truncated or corrupt") from e
+        f.close()
+        return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _check_compression(compression: str | None) -> None:
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"HDF5 compression {compression!r} is unknown; use 'gzip', 'lzf' or None")
+
+
+def _create(f: h5py.File, dataset: str, shape: tuple[int, ...], dtype: np.dtype, axes: str | None,
+            compression: str | None, data: Any = None) -> h5py.Dataset:
+    chunks = True if compression else None
+    ds = f.create_dataset(dataset, shape=shape, dtype=dtype, data=data, compression=compression, chunks=chunks)
+    if axes is not None:
+        ds.attrs["axes"] = axes
+    return ds
+
+
+def write_hdf5(
+    path: str | os.PathLike[str],
+    array: Any,
+    dataset: str = "predictions",
+    axes: str | None = None,
+    compression: str | None = "gzip",
+) -> Path:
+    """Write ``array`` as one dataset of a new HDF5 file, atomically; ``axes`` becomes an attribute.
+
+    The file is replaced as a whole (other datasets in an existing file at ``path`` are not kept).
+    """
+    path = Path(path)
+    _check_compression(compression)
+    data = np.asarray(array)
+    if axes is not None:
+        axes = validate_axes(axes, data.ndim)
+    with atomic_path(path) as tmp:
+        try:
+            with h5py.File(tmp, "w") as f:
+                _create(f, dataset, data.shape, data.dtype, axes, compression, data=data)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"cannot write {path}:{dataset}: {e}") from e
+        except OSError as e:
+            raise OutputError(f"writing {path} failed: {e}; check free disk space and permissions") from e
+    return path
+
+
+class Hdf5StreamWriter:
+    """Fill one HDF5 dataset of known ``shape`` slab by slab along axis 0, atomically.
+
+    The dataset is created at its final shape (chunked, compressed), so each slab is written
+    and released. If the block raises, or the slabs do not add up to ``shape[0]``, nothing is
+    left at ``path``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: tuple[int, ...],
+        dtype: Any,
+        dataset: str = "predictions",
+        axes: str | None = None,
+        compression: str | None = "gzip",
+    ) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.dataset = dataset
+        _check_compression(compression)
+        self.axes = validate_axes(axes, len(self.shape)) if axes is not None else None
+        self.compression = compression
+        self.rows_written = 0
+        self._atomic: Any = None
+        self._file: h5py.File | None = None
+        self._ds: h5py.Dataset | None = None
+
+    def __enter__(self) -> Hdf5StreamWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = h5py.File(tmp, "w")
+            self._ds = _create(self._file, self.dataset, self.shape, self.dtype, self.axes, self.compression)
+        except BaseException as e:
+            if self._file is not None:
+                self._file.close()
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            if isinstance(e, (ValueError, TypeError)):
+                raise ConfigError(f"cannot create {self.path}:{self.dataset}: {e}") from e
+            raise
+        return self
+
+    def write(self, slab: Any) -> None:
+        """Write ``slab`` (shape ``(k,) + shape[1:]``) at the next rows along axis 0."""
+        if self._ds is None:
+            raise RunError("Hdf5StreamWriter.write() called outside its 'with' block")
+        slab = np.asarray(slab)
+        if slab.ndim != len(self.shape) or slab.shape[1:] != self.shape[1:]:
+            raise ConfigError(
+                f"slab of shape {slab.shape} does not fit a dataset of shape {self.shape}; "
+                f"a slab must have shape (k,) + {self.shape[1:]}"
+            )
+        stop = self.rows_written + slab.shape[0]
+        if stop > self.shape[0]:
+            raise ConfigError(f"slabs overrun axis 0: {self.rows_written} + {slab.shape[0]} rows > {self.shape[0]}")
+        try:
+            self._ds[self.rows_written:stop] = slab
+        except OSError as e:
+            raise OutputError(f"writing {self.path} failed: {e}; check free disk space and permissions") from e
+        self.rows_written = stop
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        assert self._file is not None and self._atomic is not None
+        failure: BaseException | None = exc
+        try:
+            self._file.close()
+        except BaseException as e:
+            failure = failure or OutputError(f"closing {self.path} failed: {e}")
+        self._file = self._ds = None
+        if failure is None and self.rows_written != self.shape[0]:
+            failure = RunError(
+                f"{self.path}: only {self.rows_written} of {self.shape[0]} rows were written; "
+                "the output is incomplete and was not kept"
+            )
+        if failure is None:
+            self._atomic.__exit__(None, None, None)
+            return False
+        try:
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+        except BaseException:
+            pass
+        if failure is exc:
+            return False
+        raise failure

@@ -1,0 +1,97 @@
+"""Zarr reading and writing, used only when the optional ``zarr`` package is installed.
+
+A ``.zarr`` path is either one array or a group holding named arrays (like an HDF5 file; the same
+default names ``raw`` / ``predictions``). ``zarr`` is imported inside the functions, so the rest of
+the I/O layer works without it, and a missing ``zarr`` is an InputError/ConfigError that names the fix.
+
+Imports numpy, the standard library, scopert and (lazily) zarr; never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scopert.errors import ConfigError, InputError
+from scopert.runtime.io.atomic import atomic_path
+from scopert.runtime.io.image import ImageData, RUNTIME_AXES, validate_axes
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = "install it (pip install 'scopert[dist]' or pip install zarr), or convert the data to TIFF/HDF5"
+
+
+def _zarr(error: type[Exception]) -> Any:
+    try:
+        import zarr
+    except ImportError as e:
+        raise error(f"Zarr support needs the 'zarr' package, which is not installed; {_INSTALL_HINT}") from e
+    return zarr
+
+
+def _array_names(group: Any) -> list[str]:
+    names: list[str] = []
+
+    def walk(g: Any, prefix: str) -> None:
+        for name, arr in g.arrays():
+            names.append(prefix + name)
+        for name, sub in g.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(group, "")
+    return sorted(names)
+
+
+def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
+    """Open a Zarr array read-only (lazily); in a group, the array named ``dataset``.
+
+    The ``axes`` attribute, if present and valid, gives the axes; otherwise axes is None.
+    """
+    zarr = _zarr(InputError)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for a folder that is not a store
+        raise InputError(f"{path} cannot be opened as Zarr ({type(e).__name__}: {e}); check that it is a Zarr store") from e
+    name: str | None = None
+    if not hasattr(node, "shape"):  # a group
+        found = _array_names(node)
+        if dataset not in found:
+            raise InputError(
+                f"array {dataset!r} is not in {path}; it has {', '.join(map(repr, found)) or 'no arrays'}: "
+                "pass one of them as the dataset name"
+            )
+        node, name = node[dataset], dataset
+    raw = node.attrs.get("axes")
+    axes = None
+    if isinstance(raw, str):
+        low = raw.lower()
+        if not set(low) - set(RUNTIME_AXES) and len(set(low)) == len(low) == node.ndim:
+            axes = low
+        else:
+            log.warning("%s: ignoring axes attribute %r that does not fit shape %s", path, raw, node.shape)
+    return ImageData(array=node, axes=axes, path=path, source_axes=raw if isinstance(raw, str) else None,
+                     dataset=name)
+
+
+def write_zarr(path: str | os.PathLike[str], array: Any, dataset: str = "predictions", axes: str | None = None) -> Path:
+    """Write ``array`` as the array ``dataset`` of a new Zarr group at ``path``, atomically."""
+    zarr = _zarr(ConfigError)
+    path = Path(path)
+    data = np.asarray(array)
+    if axes is not None:
+        axes = validate_axes(axes, data.ndim)
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        create = getattr(group, "create_array", None) or group.create_dataset  # zarr 3 / zarr 2
+        arr = create(dataset, shape=data.shape, dtype=data.dtype)
+        arr[...] = data
+        if axes is not None:
+            arr.attrs["axes"] = axes
+    return path
