@@ -96,7 +96,7 @@ def resolve_data_axes(array: np.ndarray, card: ModelCard, axes: str | None) -> s
             raise InputError(f"the model takes {card.input.channels} input channels; the axes need a 'c'.")
         return axes
     for cand in candidates:
-        if len(cand) == array.ndim:
+        if len(cand) == array.ndim and ("c" not in cand or array.shape[cand.index("c")] == card.input.channels):
             return cand
     raise InputError(
         f"wrong number of axes: the model ({card.input.axes}) takes {' or '.join(candidates)} "
@@ -105,8 +105,33 @@ def resolve_data_axes(array: np.ndarray, card: ModelCard, axes: str | None) -> s
     )
 
 
-def to_internal(array: np.ndarray, data_axes: str, layout: Layout) -> np.ndarray:
-    """A view (no copy) of the user's array in the internal ``(C, *tiled)`` order."""
+class _ChannelFirst:
+    """A lazy array (h5py dataset, slab reader) seen with a leading channel axis of size 1."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape = (1,) + tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.array[key[1:]])[None]
+
+
+def to_internal(array, data_axes: str, layout: Layout):
+    """A view (no copy) of the user's array in the internal ``(C, *tiled)`` order.
+
+    Lazy arrays (not numpy) are read slab by slab and cannot be transposed: their axes must already be
+    in the model's order.
+    """
+    if not isinstance(array, np.ndarray):
+        if data_axes == layout.internal_axes:
+            return array
+        if len(layout.internal_axes) == len(data_axes) + 1 and layout.internal_axes[1:] == data_axes:
+            return _ChannelFirst(array)
+        raise InputError(f"a file read lazily must have its axes in the model's order "
+                         f"({layout.internal_axes.lstrip('C')}), not {data_axes!r}; load it into memory first.")
     if "c" not in data_axes and layout.channel == "c":
         array, data_axes = array[None], "c" + data_axes
     if layout.channel is None:

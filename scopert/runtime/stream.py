@@ -142,7 +142,7 @@ class FrameStream:
         self.processor, self.on_full = processor, on_full
         self.stats = StreamStats()
         self._in: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._out: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._out: queue.Queue = queue.Queue()  # unbounded: a slow reader must never stall the camera side
         self._push_times: collections.deque[float] = collections.deque()
         self._closed = False
         self._error: BaseException | None = None

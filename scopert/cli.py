@@ -1,0 +1,191 @@
+"""The ``scopert`` command line: thin parsing that calls into training, export and runtime.
+
+Heavy imports happen inside the command that needs them, so ``scopert --help`` is instant. Errors a
+user can cause (``ScopertError``) are printed without a traceback: exit 2 for bad input, 1 for a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from scopert.errors import ConfigError, ScopertError
+
+
+def _tuple(value: str | None, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a comma-separated list of integers, e.g. 16,256,256.") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="scopert")
+def cli(verbose: int) -> None:
+    """ScopeRT: microscopy restoration networks from training to tiled, streamed inference."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ---- runtime ------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("-m", "--model", "--model_dir", "model_path", required=True, type=click.Path(),
+              help="An .onnx model (or engine) from `scopert export`.")
+@click.option("-i", "--input", "input_path", required=True, type=click.Path(), help="Input image file or folder.")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(), help="Output file or folder.")
+@click.option("-g", "--ground_truth", "gt_path", type=click.Path(), help="Ground truth file or folder (adds a channel).")
+@click.option("-b", "--bpp", "bits", type=click.Choice(["8", "16", "32"]), default="32", help="Output bit depth.")
+@click.option("-B", "--block_shape", help="Tile shape, e.g. 16,256,256 (default: the model's).")
+@click.option("-O", "--block_overlap_shape", help="Tile overlap for blend stitching, e.g. 2,32,32.")
+@click.option("--normalize_output_range_between_zero_and_one", "normalize_output", is_flag=True)
+@click.option("--rescale", is_flag=True, help="Affine least-squares fit of the output to the GT (as CARE).")
+@click.option("-f", "--output_tiff_format", "fmt", type=click.Choice(["imagej", "ome"]), default="imagej")
+@click.option("--p_min", type=float, help="Lower input percentile (default: the card's).")
+@click.option("--p_max", type=float, help="Upper input percentile (default: the card's).")
+@click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="auto")
+@click.option("--backend", type=click.Choice(["auto", "ort", "openvino", "trt"]), default="auto")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--batch", type=int, help="Tiles per inference call.")
+@click.option("--axes", help="Input axes, e.g. zyx; required for an ONNX file without a card (then bczyx).")
+@click.option("--dataset", help="HDF5/Zarr input dataset (default raw).")
+def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
+          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset) -> None:
+    """Restore an image or a folder of images (the options of 3D-RCAN's apply.py)."""
+    from tqdm import tqdm
+
+    from scopert.runtime import load
+    from scopert.runtime.apply import ApplyOptions, apply_file
+    from scopert.runtime.io import list_images
+
+    model_axes = axes if axes and axes.startswith("b") else None
+    data_axes = None if model_axes else axes
+    model = load(model_path, backend=backend, device=device, axes=model_axes)
+    opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
+                        batch=batch, axes=data_axes, bits=int(bits), fmt=fmt, normalize_output=normalize_output,
+                        rescale=rescale, p_min=p_min, p_max=p_max, dataset=dataset)
+    inp, out = Path(input_path), Path(output_path)
+    if inp.is_dir():
+        if out.suffix:
+            raise ConfigError(f"-i {inp} is a folder, so -o must be a folder too (got {out}).")
+        jobs = [(p, out / p.name) for p in list_images(inp)]
+        gts = list_images(Path(gt_path)) if gt_path else [None] * len(jobs)
+        if len(gts) != len(jobs):
+            raise ConfigError(f"the ground-truth folder holds {len(gts)} images, the input folder {len(jobs)}; "
+                              "they must match one to one.")
+    else:
+        if not inp.exists():
+            raise ConfigError(f"-i {inp} does not exist.")
+        jobs, gts = [(inp, out)], [Path(gt_path) if gt_path else None]
+    click.echo(f"model {model_path}: {model.card.family} on {model.backend.info.reason}", err=True)
+    for (src, dst), gt in zip(jobs, gts):
+        with tqdm(desc=src.name, unit="tile", file=sys.stderr, disable=None) as bar:
+            result = apply_file(model, src, dst, gt, opts, progress=bar.update)
+        click.echo(f"{src} -> {dst}  {result.shape}  {result.seconds:.2f} s  "
+                   f"{result.voxels_per_s / 1e6:.2f} Mvox/s", err=True)
+
+
+@cli.command()
+@click.argument("model_path", type=click.Path(exists=True))
+def info(model_path) -> None:
+    """Print a model's card."""
+    from scopert.runtime import load
+
+    click.echo(load(model_path, backend="ort", device="cpu").card.to_json())
+
+
+@cli.command()
+def doctor() -> None:
+    """Report the Python environment, installed backends and GPUs."""
+    from scopert.doctor import environment_report
+
+    for key, value in environment_report().items():
+        click.echo(f"{key:>22}: {value}")
+
+
+@cli.command()
+@click.argument("model_path", type=click.Path(exists=True))
+@click.option("--shape", default="64,512,512", help="Volume shape for the pipeline figure.")
+@click.option("-B", "--tile", help="Tile shape (default: the model's).")
+@click.option("--batch", type=int, default=1)
+@click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
+@click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
+def bench(model_path, shape, tile, batch, repeats, stitch, json_path) -> None:
+    """Raw backend throughput on tile batches vs the whole pipeline on a volume (pipeline efficiency)."""
+    from scopert.runtime import load
+    from scopert.runtime.bench import bench_pipeline
+
+    model = load(model_path)
+    result = bench_pipeline(model, _tuple(shape, "--shape"), _tuple(tile, "-B"), batch=batch, stitch=stitch,
+                            repeats=repeats)
+    for key, value in result.items():
+        click.echo(f"{key:>28}: {value}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+
+
+# ---- training, import, export -------------------------------------------------------------------------
+@cli.command()
+@click.argument("family", type=click.Choice(["rcan"]))
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path())
+@click.option("--no-resume", is_flag=True, help="Start over even if the run folder holds a checkpoint.")
+def train(family, config_path, out_dir, no_resume) -> None:
+    """Train a model family from a config (3D-RCAN's config.json keys for rcan)."""
+    from scopert.training.train_rcan import train_rcan
+
+    info = train_rcan(config_path, out_dir, resume=not no_resume)
+    click.echo(f"run folder: {info.folder}", err=True)
+
+
+@cli.command(name="import")
+@click.argument("family", type=click.Choice(["rcan"]))
+@click.argument("path", type=click.Path(exists=True))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path())
+def import_(family, path, out_dir) -> None:
+    """Import a checkpoint of the original repository into a run folder."""
+    from scopert.training.importers.keras_rcan import import_keras_rcan
+
+    info = import_keras_rcan(path, out_dir)
+    click.echo(f"imported {family} into {info.folder}", err=True)
+
+
+@cli.command()
+@click.argument("run_folder", type=click.Path(exists=True))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path())
+@click.option("--opset", type=int, default=17)
+def export(run_folder, out_path, opset) -> None:
+    """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
+    from scopert.export.onnx_export import export_run
+
+    card = export_run(run_folder, out_path, opset=opset)
+    click.echo(f"{out_path}: max |ONNX - PyTorch| = {card.verification.get('max_abs_error')}, halo {card.halo}",
+               err=True)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except ScopertError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; outputs that were not finished were not written", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``scopert doctor``: what this machine offers ScopeRT (Python, numpy, backends, torch/onnx, GPU).
+
+Reads package versions from metadata and never imports torch, so it is quick and safe on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import platform
+import shutil
+import subprocess
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name via nvidia-smi, or None when there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = out.stdout.strip().splitlines()
+    return line[0] if out.returncode == 0 and line else None
+
+
+def environment_report() -> dict[str, str]:
+    report = {"python": platform.python_version(), "platform": platform.platform(),
+              "processor": platform.processor() or platform.machine()}
+    for dist in ("numpy", "tifffile", "h5py", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
+                 "cuda-python", "torch", "onnx", "dask", "zarr"):
+        report[dist] = _version(dist) or "not installed"
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        report["ort providers"] = ", ".join(ort.get_available_providers())
+    report["gpu"] = gpu_name() or "none visible"
+    runtime = "ort (ONNX Runtime CPU)"
+    if report["gpu"] != "none visible" and report["tensorrt"] != "not installed":
+        runtime = "trt engines (build with `scopert build`), else ort with CUDA"
+    report["default backend"] = runtime
+    return report
