@@ -1,0 +1,191 @@
+"""Import a CNNT ``.pt``/``.pth`` state dict plus the seed's JSON config into a run folder.
+
+The seed writes ``{run}__{date}_epoch-{n}{_last|_best}.pt`` (``torch.save(model.state_dict())``) and a
+``.json`` with all its CLI options (``dict(config)``). The JSON fixes the architecture; the weights must
+agree with it tensor by tensor. The seed's 80 MB causal-mask buffers are accepted and dropped.
+
+Imports torch and scopert.training only; must not import ``scopert.export`` or ``scopert.runtime``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scopert.errors import CheckpointError, ConfigError, OutputError
+from scopert.training.models import cnnt
+from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cnnt-pt"
+# Seed option -> ScopeRT model-config key. Options absent from the JSON keep the seed's CLI defaults.
+SEED_OPTIONS = (
+    "blocks",
+    "blocks_per_set",
+    "n_head",
+    "norm_mode",
+    "height",
+    "width",
+    "time",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dropout_p",
+    "with_mixer",
+    "no_residual",
+)
+
+
+def read_seed_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The seed's JSON config (all CLI options)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the CNNT config {path} ({exc.strerror}); pass the .json saved next to the .pt."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc}); pass the .json that CNNT saved next to the .pt."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object of CNNT options, got {type(data).__name__}.")
+    return data
+
+
+def model_config_from_seed(seed: dict[str, Any], where: str) -> dict[str, Any]:
+    """Pick the architecture options; ``height``/``width`` lists become their first entry (the model's size)."""
+    cfg = {k: seed[k] for k in SEED_OPTIONS if k in seed and seed[k] is not None}
+    absent = [k for k in SEED_OPTIONS if k not in cfg]
+    if absent:
+        log.warning("%s: options %s are absent; using the CNNT defaults for them", where, ", ".join(absent))
+    try:
+        conf = cnnt.CnntConfig.from_dict(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: an option has the wrong type ({exc}); compare it with the CNNT defaults."
+        ) from None
+    out = dataclasses.asdict(conf)
+    out["blocks"] = [int(b) for b in conf.blocks]
+    return out
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive, or (legacy format, torch < 1.6) a pickle starting with protocol 2."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x80\x02"
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a raw state dict without running pickled code; strip a DataParallel ``module.`` prefix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the CNNT .pt (or .pth) file.")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (neither a zip archive nor a legacy pickle). "
+            "Check the file is complete and is the .pth/.pt the seed saved."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "not only tensors")
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors ({detail}); ScopeRT loads only plain state dicts "
+            "without running pickled code. Re-save it with torch.save(model.state_dict(), path)."
+        ) from None
+    except Exception as exc:  # truncated archive, damaged pickle, ...
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({exc}). Check the file is complete."
+        ) from None
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("model_state_dict", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}).")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, config_where: str) -> dict:
+    """Drop the seed's mask buffers, then check keys and shapes; errors name the first misfit."""
+    masks = set(cnnt.seed_mask_keys(model))
+    for key in masks & set(state):
+        if state[key].ndim != 4 or state[key].shape[-1] != state[key].shape[-2]:
+            raise CheckpointError(f"{where}: {key!r} has shape {tuple(state[key].shape)}, not a square causal mask.")
+    state = {k: v for k, v in state.items() if k not in masks}
+    own = model.state_dict()
+    top = {k.split(".", 1)[0] for k in own}
+    for key in state:
+        if key not in own:
+            if key.split(".", 1)[0] not in top:
+                raise CheckpointError(
+                    f"{where}: the key {key!r} does not fit a CNNT model (its top-level modules are "
+                    f"{', '.join(sorted(top))}). Is this a checkpoint of another family? Import it with that "
+                    "family's importer."
+                )
+            raise CheckpointError(
+                f"{where}: the checkpoint key {key!r} does not fit the model that {config_where} describes. "
+                "Pass the JSON saved with this checkpoint."
+            )
+    for key, ref in own.items():
+        if key not in state:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise CheckpointError(
+                f"{where}: the tensor {key!r} that {config_where} needs is missing from the checkpoint. "
+                "Pass the JSON saved with this checkpoint."
+            )
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{where}: {config_where} disagrees with the weights at {key!r}: the checkpoint has shape "
+                f"{tuple(state[key].shape)}, the config gives {tuple(ref.shape)}. Pass the JSON saved with this "
+                "checkpoint."
+            )
+    return state
+
+
+def import_cnnt(
+    pt_path: str | os.PathLike,
+    config_json: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> RunInfo:
+    """Import a CNNT checkpoint and its JSON config into the run folder ``out_dir``; returns its RunInfo."""
+    out = Path(out_dir)
+    if (out / RUN_FILE).exists() and not overwrite:
+        raise OutputError(f"{out} already holds a run ({RUN_FILE} exists); choose a new folder or pass overwrite.")
+    pt_path = Path(pt_path)
+    seed = read_seed_config(config_json)
+    cfg = model_config_from_seed(seed, str(config_json))
+    state = load_state_dict(pt_path)
+    model = cnnt.build_model(cfg)
+    state = match_state_dict(model, state, str(pt_path), f"the config {config_json}")
+    model.load_state_dict(state, strict=False)
+    train = {"name": name or out.name, "seed_options": seed}
+    source = {"path": str(pt_path.resolve()), "sha256": sha256_of(pt_path), "format": FORMAT}
+    info = RunInfo(out, "cnnt", cfg, train, source)
+    save_checkpoint(
+        info.best_checkpoint, {"model_state_dict": model.state_dict(), "epoch": None, "imported_from": str(pt_path)}
+    )
+    write_run_info(info)
+    log.info("imported CNNT %s (%s norm) into %s", cfg["blocks"], cfg["norm_mode"], out)
+    return info
