@@ -146,14 +146,33 @@ def train(family, config_path, out_dir, no_resume) -> None:
 
 
 @cli.command(name="import")
-@click.argument("family", type=click.Choice(["rcan"]))
+@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot"]))
 @click.argument("path", type=click.Path(exists=True))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path())
-def import_(family, path, out_dir) -> None:
-    """Import a checkpoint of the original repository into a run folder."""
-    from scopert.training.importers.keras_rcan import import_keras_rcan
+@click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
+@click.option("--config", "config_path", type=click.Path(exists=True), help="unet: the pytorch-3dunet YAML.")
+@click.option("--model", "model_name", help="blindspot: the SHINE model name, e.g. 3x3_blind.")
+@click.option("--frames", type=int, help="blindspot: frames per window (frame_num).")
+def import_(family, path, out_dir, config_path, model_name, frames) -> None:
+    """Import a checkpoint of the original repository into a run folder.
 
-    info = import_keras_rcan(path, out_dir)
+    rcan: a 3D-RCAN Keras .hdf5 file or folder (best by the loss in the name). unet: a pytorch-3dunet
+    checkpoint with --config YAML. blindspot: a SHINE Lightning .ckpt (--model/--frames where not inferable).
+    """
+    if family == "rcan":
+        from scopert.training.importers.keras_rcan import import_keras_rcan
+
+        info = import_keras_rcan(path, out_dir)
+    elif family == "unet":
+        from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
+
+        if not config_path:
+            raise ConfigError("scopert import unet needs --config train_or_test.yaml (the weights cannot tell "
+                              "num_groups and the layer order).")
+        info = import_pytorch3dunet(path, config_path, out_dir)
+    else:
+        from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
+
+        info = import_lightning_blindspot(path, out_dir, model=model_name, frames=frames)
     click.echo(f"imported {family} into {info.folder}", err=True)
 
 
@@ -168,6 +187,18 @@ def export(run_folder, out_path, opset) -> None:
     card = export_run(run_folder, out_path, opset=opset)
     click.echo(f"{out_path}: max |ONNX - PyTorch| = {card.verification.get('max_abs_error')}, halo {card.halo}",
                err=True)
+
+
+@cli.command()
+@click.option("-o", "--output", "out_dir", default="demo_out", type=click.Path(), show_default=True)
+@click.option("--data", type=click.Path(exists=True), help="Real raw/GT pairs (raw/ + gt/ folders, or the W2S folder).")
+@click.option("--minutes", type=float, default=2.5, show_default=True, help="Training time budget on the CPU.")
+@click.option("--seed", type=int, default=0)
+def demo(out_dir, data, minutes, seed) -> None:
+    """Data, training, export and tiled inference in one go, with a report (the README's main job)."""
+    from scopert.demo import run_demo
+
+    run_demo(out_dir, data, minutes, seed, say=lambda msg: click.echo(msg, err=True))
 
 
 def main() -> None:
