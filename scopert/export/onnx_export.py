@@ -35,7 +35,7 @@ DYNAMIC_AXES = "btzyx"
 # Fields of the card that export measures or fills in itself; a family's card_fields may not set them.
 EXPORT_OWNED = ("family", "name", "source", "training_config", "halo", "verification", "precision", "schema_version")
 # Probe sizes across the measured axis: cheap, and wide enough that some ReLU path is alive.
-PROBE_CROSS = {2: 4, 3: 1}
+PROBE_CROSS = {2: 8, 3: 1}  # 2D: 8 wide, so stride-4 generators keep >1 pixel at the bottleneck
 
 
 def export_run(

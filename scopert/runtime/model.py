@@ -129,20 +129,12 @@ class Model:
         if stitch == "auto":
             stitch = "crop" if self.card.tile_invariant else "blend"
         tiles = self.default_tile(shape) if tile is None else _per_axis(tile, shape, "tile")
-        if "t" in tiles and "t" in shape and self.card.input.time_window and "t" in self.card.output.axes:
-            tiles["t"] = max(tiles["t"], 1)
         overlaps = None if overlap is None else _per_axis(overlap, shape, "overlap")
         plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps)
         return RunPlan(plan, self.in_layout, self.out_layout, self.card.output.channels, stitch,
                        batch or 1, window)
 
     # ---- running -------------------------------------------------------------------------------------
-    def _infer(self, expected_out: tuple[int, ...] | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        def infer(batch: np.ndarray) -> np.ndarray:
-            out = self.backend.run(self.in_layout.to_model(batch))
-            return self.out_layout.from_model(out)
-        return infer
-
     def _run(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,
              progress: Callable[[int], None] | None = None) -> PipelineStats:
         plan = rp.plan
@@ -166,7 +158,7 @@ class Model:
         checked = {}
 
         def infer(batch: np.ndarray) -> np.ndarray:
-            out = self._infer()(batch)
+            out = self.out_layout.from_model(self.backend.run(self.in_layout.to_model(batch)))
             if not checked:
                 want = (rp.out_channels,) + tuple(int(round(n * ap.scale)) for n, ap in zip(batch.shape[2:], plan.plans))
                 if tuple(out.shape[1:]) != want:

@@ -57,7 +57,8 @@ def fit_normalization(array: np.ndarray, spec: Normalization, pmin: float | None
     if kind == "none":
         return AppliedNormalization(0.0, 1.0)
     if kind == "fixed":
-        return AppliedNormalization(spec.offset, spec.scale, (0.0, 1.0) if spec.clip else None)
+        bounds = (-1.0, 1.0) if spec.symmetric else (0.0, 1.0)
+        return AppliedNormalization(spec.offset, spec.scale, bounds if spec.clip else None)
     sample = subsample(array).astype(np.float64)
     if kind == "percentile":
         lo, hi = np.percentile(sample, [spec.pmin if pmin is None else pmin, spec.pmax if pmax is None else pmax])
