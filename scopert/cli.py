@@ -6,23 +6,14 @@ user can cause (``ScopertError``) are printed without a traceback: exit 2 for ba
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 import click
 
+from scopert.commands.util import parse_ints as _tuple
 from scopert.errors import ConfigError, ScopertError
-
-
-def _tuple(value: str | None, what: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} {value!r} is not a comma-separated list of integers, e.g. 16,256,256.") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,55 +100,60 @@ def doctor() -> None:
         click.echo(f"{key:>22}: {value}")
 
 
-@cli.command()
-@click.argument("model_path", type=click.Path(exists=True))
-@click.option("--shape", default="64,512,512", help="Volume shape for the pipeline figure.")
-@click.option("-B", "--tile", help="Tile shape (default: the model's).")
-@click.option("--batch", type=int, default=1)
-@click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
-@click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
-@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
-def bench(model_path, shape, tile, batch, repeats, stitch, json_path) -> None:
-    """Raw backend throughput on tile batches vs the whole pipeline on a volume (pipeline efficiency)."""
-    from scopert.runtime import load
-    from scopert.runtime.bench import bench_pipeline
-
-    model = load(model_path)
-    result = bench_pipeline(model, _tuple(shape, "--shape"), _tuple(tile, "-B"), batch=batch, stitch=stitch,
-                            repeats=repeats)
-    for key, value in result.items():
-        click.echo(f"{key:>28}: {value}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-
-
 # ---- training, import, export -------------------------------------------------------------------------
-@cli.command()
-@click.argument("family", type=click.Choice(["rcan"]))
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path())
-@click.option("--no-resume", is_flag=True, help="Start over even if the run folder holds a checkpoint.")
-def train(family, config_path, out_dir, no_resume) -> None:
-    """Train a model family from a config (3D-RCAN's config.json keys for rcan)."""
-    from scopert.training.train_rcan import train_rcan
+TRAINERS = {
+    "rcan": "scopert.training.train_rcan:train_rcan",
+    "unet": "scopert.training.train_unet:train_unet",
+    "blindspot": "scopert.training.train_blindspot:train_blindspot",
+    "tagan": "scopert.training.train_tagan:train_tagan",
+    "cnnt": "scopert.training.train_cnnt:train_cnnt",
+}
 
-    info = train_rcan(config_path, out_dir, resume=not no_resume)
+
+def _entry(spec: str, what: str):
+    """Import ``module:function`` on demand; a family whose module is absent is a clear error."""
+    import importlib
+
+    module, func = spec.split(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise ConfigError(f"{what} is not available in this version of ScopeRT.") from None
+        raise
+
+
+@cli.command()
+@click.argument("family", type=click.Choice(sorted(TRAINERS)))
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True),
+              help="The family's config (3D-RCAN config.json keys; pytorch-3dunet YAML; ...).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Run folder.")
+@click.option("--no-resume", is_flag=True, help="Refuse a run folder that already holds a run.")
+def train(family, config_path, out_dir, no_resume) -> None:
+    """Train a model family from a config into a run folder (resumes an interrupted run)."""
+    info = _entry(TRAINERS[family], f"training for {family!r}")(config_path, out_dir, resume=not no_resume)
     click.echo(f"run folder: {info.folder}", err=True)
 
 
 @cli.command(name="import")
-@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot"]))
+@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot", "tagan", "cnnt"]))
 @click.argument("path", type=click.Path(exists=True))
 @click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
-@click.option("--config", "config_path", type=click.Path(exists=True), help="unet: the pytorch-3dunet YAML.")
+@click.option("--config", "config_path", type=click.Path(exists=True),
+              help="unet: the pytorch-3dunet YAML; cnnt: the run's JSON config.")
 @click.option("--model", "model_name", help="blindspot: the SHINE model name, e.g. 3x3_blind.")
 @click.option("--frames", type=int, help="blindspot: frames per window (frame_num).")
-def import_(family, path, out_dir, config_path, model_name, frames) -> None:
+@click.option("--net-s", "net_s", type=click.Path(exists=True), help="tagan: the segmentation net N_net_S.pth.")
+@click.option("--opt", "opt_txt", type=click.Path(exists=True), help="tagan: the seed's test_opt.txt.")
+def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_txt) -> None:
     """Import a checkpoint of the original repository into a run folder.
 
     rcan: a 3D-RCAN Keras .hdf5 file or folder (best by the loss in the name). unet: a pytorch-3dunet
     checkpoint with --config YAML. blindspot: a SHINE Lightning .ckpt (--model/--frames where not inferable).
+    tagan: N_net_G.pth [--net-s N_net_S.pth] --opt test_opt.txt. cnnt: run__...pt --config run__...json.
     """
+    if family in ("unet", "cnnt") and not config_path:
+        raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
     if family == "rcan":
         from scopert.training.importers.keras_rcan import import_keras_rcan
 
@@ -165,14 +161,19 @@ def import_(family, path, out_dir, config_path, model_name, frames) -> None:
     elif family == "unet":
         from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
 
-        if not config_path:
-            raise ConfigError("scopert import unet needs --config train_or_test.yaml (the weights cannot tell "
-                              "num_groups and the layer order).")
         info = import_pytorch3dunet(path, config_path, out_dir)
-    else:
+    elif family == "blindspot":
         from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
 
         info = import_lightning_blindspot(path, out_dir, model=model_name, frames=frames)
+    elif family == "tagan":
+        from scopert.training.importers.tagan_pth import import_tagan
+
+        info = import_tagan(path, out_dir, net_s=net_s, opt_txt=opt_txt)
+    else:
+        from scopert.training.importers.cnnt_pt import import_cnnt
+
+        info = import_cnnt(path, config_path, out_dir)
     click.echo(f"imported {family} into {info.folder}", err=True)
 
 
@@ -199,6 +200,26 @@ def demo(out_dir, data, minutes, seed) -> None:
     from scopert.demo import run_demo
 
     run_demo(out_dir, data, minutes, seed, say=lambda msg: click.echo(msg, err=True))
+
+
+OPTIONAL_COMMANDS = ("scopert.commands.bench", "scopert.commands.stream", "scopert.commands.build")
+
+
+def _add_optional_commands() -> None:
+    """Commands that live in their own modules (``scopert/commands/``); each exposes ``command``."""
+    import importlib
+
+    for name in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        cli.add_command(module.command)
+
+
+_add_optional_commands()
 
 
 def main() -> None:
