@@ -143,7 +143,8 @@ def _can_stream(model: Model, input_path: Path, output_path: Path, gt_path, opts
 
 
 def _apply_streamed(model: Model, input_path: Path, output_path: Path, opts: ApplyOptions, progress) -> dict:
-    with TiffSlabReader(input_path) as reader:
+    # Two readers: the pipeline's reader thread and the writer (raw channel) each seek their own file handle.
+    with TiffSlabReader(input_path) as reader, TiffSlabReader(input_path) as raw_reader:
         if len(reader.shape) != 3:
             raise InputError(f"{input_path} has shape {reader.shape} (axes {reader.axes}); the 3D model takes zyx.")
         volume = SlabVolume(reader)
@@ -160,13 +161,16 @@ def _apply_streamed(model: Model, input_path: Path, output_path: Path, opts: App
                               fmt="imagej", channel_names=names, bits=opts.bits) as writer:
 
             class Sink:
+                """Writes each output plane as it is composed, so no second copy of the slab is made."""
+
                 def write(self, slab: np.ndarray, start: int) -> None:
-                    parts = []
-                    if same_grid:
-                        raw = norm(np.asarray(reader.read(start, start + slab.shape[1])))
-                        parts.append(raw[None])
-                    parts.append(slab)
-                    writer.write(np.concatenate(parts, 0).transpose(1, 0, 2, 3))
+                    for k in range(slab.shape[1]):
+                        if same_grid:
+                            raw = norm(raw_reader.read(start + k, start + k + 1))
+                            plane = np.concatenate([raw, slab[:, k]], 0)
+                        else:
+                            plane = slab[:, k]
+                        writer.write(plane[None])
 
             stats = model.predict_to(volume, Sink(), opts.tile, opts.overlap, opts.stitch, opts.batch,
                                      window=opts.window, progress=progress)

@@ -103,7 +103,8 @@ def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray], infer:
     stats = PipelineStats()
     abort = threading.Event()
     errors: list[BaseException] = []
-    to_infer, to_stitch, to_write = _Channel(depth, abort), _Channel(depth, abort), _Channel(depth * 2, abort)
+    # One completed slab may wait for the writer: slabs are the largest buffers in a run.
+    to_infer, to_stitch, to_write = _Channel(depth, abort), _Channel(depth, abort), _Channel(1, abort)
 
     def guarded(name: str, fn: Callable[[], None]) -> Callable[[], None]:
         def body() -> None:
