@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from scopert.runtime.model import Model
-from scopert.runtime.normalize import fit_normalization
+from scopert.runtime.model import Model, tile_input
 from scopert.runtime.stitch import SlabSink
 
 
@@ -40,14 +39,7 @@ def bench_pipeline(model: Model, shape: tuple[int, ...], tile: tuple[int, ...] |
     batches = []
     for i in range(0, len(tiles), batch):
         group = tiles[i:i + batch]
-        arrays = []
-        for t in group:
-            src, pads = [slice(None)], [(0, 0)]
-            for ap, at in zip(rp.plan.plans, t.axes):
-                lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
-                src.append(slice(lo, hi))
-                pads.append((lo - at.start, at.start + at.size - hi))
-            arrays.append(np.pad(norm(np.asarray(internal[tuple(src)])), pads, mode="reflect"))
+        arrays = [tile_input(internal, norm, rp.plan, t) for t in group]
         batches.append(model.in_layout.to_model(np.stack(arrays)))
     raw_times, pipe_times = [], []
     for _ in range(repeats):

@@ -32,9 +32,14 @@ STITCH_MODES = ("auto", "crop", "blend")
 
 def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes: str | None = None,
          halo: dict[str, int] | None = None, divisor: dict[str, int] | None = None,
-         scale: dict[str, float] | None = None, threads: int | None = None) -> "Model":
+         scale: dict[str, float] | None = None, threads: int | None = None, precision: str = "f32",
+         calibration: np.ndarray | None = None, gate_db: float = 45.0) -> "Model":
     """Open a model: an ONNX file with an embedded card, an ONNX file without one (then pass ``axes``,
-    e.g. 'bczyx', and optionally halo/divisor/scale), or an engine with its sidecar card."""
+    e.g. 'bczyx', and optionally halo/divisor/scale), or an engine with its sidecar card.
+
+    ``precision='bf16'`` (OpenVINO, x86) is used only when the CPU reports bf16 and PSNR(bf16 vs f32) on
+    real tiles of ``calibration`` (or a value recorded beside the model) is at least ``gate_db``;
+    otherwise the run goes on in f32 and the log says why."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"model file {path} does not exist.")
@@ -52,8 +57,14 @@ def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes:
         card = _card_from_arguments(path, engine, axes, halo, divisor, scale)
     elif axes is not None and axes != card.input.axes:
         raise ConfigError(f"axes={axes!r} disagrees with the model's card ({card.input.axes!r}); drop the option.")
-    log.info("loaded %s (%s) on %s: %s", path.name, card.family, engine.info.name, engine.info.reason)
-    return Model(engine, card, path)
+    model = Model(engine, card, path)
+    # ---- precision (issue 7): bf16 only where the CPU has it and the accuracy gate passes --------------
+    if precision != "f32":
+        from scopert.runtime.bf16_gate import apply_precision
+
+        apply_precision(model, precision, calibration, gate_db, threads)
+    log.info("loaded %s (%s) on %s: %s", path.name, card.family, model.backend.info.name, model.backend.info.reason)
+    return model
 
 
 def _card_from_arguments(path, engine, axes, halo, divisor, scale) -> ModelCard:
@@ -140,15 +151,7 @@ class Model:
         plan = rp.plan
 
         def read_tile(tile) -> np.ndarray:
-            src, pads = [slice(None)], [(0, 0)]
-            for ap, at in zip(plan.plans, tile.axes):
-                lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
-                src.append(slice(lo, hi))
-                pads.append((lo - at.start, at.start + at.size - hi))
-            block = norm(np.asarray(internal[tuple(src)]))
-            if any(p != (0, 0) for p in pads):
-                block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
-            return block
+            return tile_input(internal, norm, plan, tile)
 
         def make_stitcher(out_sink: SlabSink):
             if rp.stitch == "crop":
@@ -299,6 +302,19 @@ class Model:
         stream = self.open_stream(on_full=on_full, max_queue=max_queue, **predict_kwargs)
         self.last_stream = stream
         yield from stream.run(frames)
+
+
+def tile_input(internal, norm: AppliedNormalization, plan: TilePlan, tile) -> np.ndarray:
+    """One tile's model input (C, *tile): read the part inside the image, normalize, reflect-pad the rest."""
+    src, pads = [slice(None)], [(0, 0)]
+    for ap, at in zip(plan.plans, tile.axes):
+        lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
+        src.append(slice(lo, hi))
+        pads.append((lo - at.start, at.start + at.size - hi))
+    block = norm(np.asarray(internal[tuple(src)]))
+    if any(p != (0, 0) for p in pads):
+        block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
+    return block
 
 
 def _per_axis(value, shape: dict[str, int], what: str) -> dict[str, int]:
