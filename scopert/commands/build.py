@@ -1,0 +1,38 @@
+"""``scopert build MODEL.onnx --tile Z,Y,X --batch N``: a strongly typed TensorRT engine in engines/.
+
+Thin: parses options and calls ``scopert.export.trt_builder.build_engine``. Without TensorRT or a GPU it
+exits 2 with a message that names what is missing and that ONNX Runtime runs the model instead.
+"""
+
+from __future__ import annotations
+
+import click
+
+from scopert.commands.util import parse_ints
+from scopert.errors import ConfigError
+
+
+@click.command()
+@click.argument("model_path", type=click.Path(exists=True))
+@click.option("--tile", required=True, help="Spatial tile the engine is tuned for, e.g. 16,256,256 (Z,Y,X) or 256,256.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Tiles per inference call (profile max).")
+@click.option("-o", "--out-dir", default="engines", show_default=True, type=click.Path(), help="Engine store.")
+@click.option("--workspace", "workspace_gb", type=float, default=4.0, show_default=True, help="Workspace limit, GiB.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="TensorRT builder optimization level (0 fastest build .. 5 slowest, best tactics).")
+@click.option("--rebuild", is_flag=True, help="Build even when a matching engine is cached.")
+def build(model_path, tile, batch, out_dir, workspace_gb, opt_level, rebuild) -> None:
+    """Build a TensorRT engine (10.12+/11.x, strongly typed: FP16 comes from the ONNX) with its sidecar card."""
+    from scopert.export.trt_builder import build_engine
+
+    sizes = parse_ints(tile, "--tile")
+    if not sizes:
+        raise ConfigError("--tile needs sizes, e.g. --tile 16,256,256.")
+    result = build_engine(model_path, sizes, batch, out_dir=out_dir, workspace_gb=workspace_gb, opt_level=opt_level,
+                          rebuild=rebuild)
+    what = "reused cached" if result.reused else f"built in {result.build_seconds:.1f} s:"
+    click.echo(f"{what} {result.engine_path} (card {result.card_path.name}, key {result.key.digest()}, "
+               f"{result.key.precision}, profile {result.key.profile.min}..{result.key.profile.max})", err=True)
+
+
+command = build

@@ -1,0 +1,316 @@
+"""Build strongly typed TensorRT engines (10.12+ and 11.x) from a ScopeRT ONNX file, with an engine cache.
+
+A thin adapter around the ``tensorrt`` Python API: parse the ONNX (errors name the node), one optimization
+profile from the tile plan and batch, a workspace limit, the builder optimization level, a timing cache
+persisted in ``engines/``, and the engine written next to its sidecar card, keyed by model hash, GPU and
+compute capability, TensorRT version, precision and profile. The precision comes from the ONNX graph
+(``scopert.export.precision``); ``BuilderFlag.FP16`` is never set (gone in 11.x, deprecated in 10.12+).
+
+``tensorrt`` and ``cuda.bindings`` are imported lazily (or injected: tests pass a fake module). Imports
+onnx, ``scopert.card``, ``scopert.errors`` and ``scopert.runtime.backends.engine_key``; never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scopert.card import ModelCard
+from scopert.errors import BackendError, ConfigError, InputError, RunError
+from scopert.runtime.backends.engine_key import (CARD_KEY, ENGINE_SUFFIX, EngineKey, GpuInfo, ProfileShapes,
+                                                 check_engine, read_engine_card, sha256_file)
+
+log = logging.getLogger(__name__)
+
+MIN_STRONG_TYPING = (10, 12)
+DEFAULT_WORKSPACE_GB = 4.0
+DEFAULT_OPT_LEVEL = 3
+NO_TRT_FALLBACK = "ONNX Runtime runs the model instead: `scopert apply -m MODEL.onnx --backend ort`."
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything one build needs; its key names the cached engine."""
+
+    onnx_path: Path
+    out_dir: Path
+    profile: ProfileShapes
+    precision: str
+    workspace_bytes: int
+    opt_level: int
+    key: EngineKey
+
+    @property
+    def engine_path(self) -> Path:
+        return self.out_dir / f"{self.onnx_path.stem}-{self.key.digest()}{ENGINE_SUFFIX}"
+
+    @property
+    def timing_cache_path(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.key.gpu_name).strip("-").lower()
+        return self.out_dir / f"timing-{slug}-sm{self.key.compute_capability.replace('.', '')}-trt{self.key.trt_version}.cache"
+
+
+@dataclass
+class BuildResult:
+    engine_path: Path
+    card_path: Path
+    key: EngineKey
+    reused: bool
+    build_seconds: float
+    timing_cache_path: Path
+    timing_cache_reused: bool
+
+
+# ---- environment -----------------------------------------------------------------------------------------
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendError(
+            "TensorRT is not installed (the Python package `tensorrt` cannot be imported), so no engine can be "
+            f"built here. Install TensorRT 10.12+ or 11.x on a machine with an NVIDIA GPU; {NO_TRT_FALLBACK}"
+        ) from None
+    return trt
+
+
+def trt_version_tuple(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if not m:
+        raise BackendError(f"cannot read the TensorRT version {version!r}; reinstall TensorRT.")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_strong_typing(version: str) -> None:
+    if trt_version_tuple(version) < MIN_STRONG_TYPING:
+        raise BackendError(
+            f"TensorRT {version} is older than 10.12: strongly typed networks (the FP16 decision stored in the ONNX) "
+            "are unavailable, and its weak-typing FP16 flag is not used by ScopeRT. Upgrade to TensorRT 10.12+ or "
+            f"11.x; {NO_TRT_FALLBACK}"
+        )
+
+
+def probe_gpu(trt_version: str, cuda: Any = None) -> GpuInfo:
+    """GPU 0's name and compute capability through cuda-python; a clear error without a GPU."""
+    if cuda is None:
+        from scopert.runtime.backends.cuda_adapter import CudaRuntime
+
+        cuda = CudaRuntime.load()
+    name, major, minor = cuda.device_properties(0)
+    return GpuInfo(name=name, compute_capability=f"{major}.{minor}", trt_version=trt_version)
+
+
+# ---- plan --------------------------------------------------------------------------------------------------
+def profile_from_tile(card: ModelCard, tile: tuple[int, ...], batch: int) -> ProfileShapes:
+    """min/opt/max from the tile plan: opt = max = (batch, tile), min = (1, smallest legal tile).
+
+    The tiler feeds full tiles (edge tiles are padded), so opt is the tile; min allows batch 1 and the
+    smallest multiple of the divisor for images smaller than a tile. Time and channel axes are fixed.
+    """
+    spec = card.input
+    spatial = spec.spatial_axes
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}.")
+    if len(tile) != len(spatial):
+        raise ConfigError(f"--tile {','.join(map(str, tile))} has {len(tile)} sizes; the model's spatial axes are "
+                          f"{spatial!r} ({len(spatial)} sizes, e.g. --tile {','.join(['64'] * len(spatial))}).")
+    sizes = dict(zip(spatial, tile))
+    for ax, s in sizes.items():
+        d = int(spec.divisor.get(ax, 1))
+        if s < 1 or s % d:
+            raise ConfigError(f"--tile: axis {ax!r} = {s} must be a positive multiple of the model's divisor {d}.")
+    lo, opt = [], []
+    for ax in spec.axes:
+        if ax == "b":
+            lo.append(1), opt.append(batch)
+        elif ax == "c":
+            lo.append(spec.channels), opt.append(spec.channels)
+        elif ax == "t":
+            tw = int(spec.time_window or 1)
+            lo.append(tw), opt.append(tw)
+        else:
+            lo.append(int(spec.divisor.get(ax, 1))), opt.append(sizes[ax])
+    return ProfileShapes(spec.name, tuple(lo), tuple(opt), tuple(opt))
+
+
+def onnx_precision(onnx_path: Path) -> str:
+    """'fp16' when the graph holds FP16 tensors (strongly typed mixed precision), else 'fp32'."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    half = onnx.TensorProto.FLOAT16
+    if any(i.data_type == half for i in model.graph.initializer):
+        return "fp16"
+    if any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute) for n in model.graph.node):
+        return "fp16"
+    return "fp32"
+
+
+def make_plan(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int, gpu: GpuInfo,
+              out_dir: str | os.PathLike = "engines", workspace_gb: float = DEFAULT_WORKSPACE_GB,
+              opt_level: int = DEFAULT_OPT_LEVEL) -> tuple[BuildPlan, ModelCard]:
+    from scopert.export.onnx_export import read_card
+
+    path = Path(onnx_path)
+    card = read_card(path)
+    if not 0 <= int(opt_level) <= 5:
+        raise ConfigError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opt_level}.")
+    if workspace_gb <= 0:
+        raise ConfigError(f"--workspace must be > 0 GiB, got {workspace_gb}.")
+    profile = profile_from_tile(card, tuple(int(t) for t in tile), int(batch))
+    precision = onnx_precision(path)
+    key = EngineKey(sha256_file(path), gpu.name, gpu.compute_capability, gpu.trt_version, precision, profile)
+    plan = BuildPlan(path, Path(out_dir), profile, precision, int(workspace_gb * (1 << 30)), int(opt_level), key)
+    return plan, card
+
+
+# ---- build -------------------------------------------------------------------------------------------------
+def build_engine(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int = 1, *,
+                 out_dir: str | os.PathLike = "engines", workspace_gb: float = DEFAULT_WORKSPACE_GB,
+                 opt_level: int = DEFAULT_OPT_LEVEL, rebuild: bool = False, trt: Any = None,
+                 gpu: GpuInfo | None = None, cuda: Any = None) -> BuildResult:
+    """Build (or reuse from the cache) the engine of ``onnx_path`` for ``tile`` and ``batch``."""
+    trt = trt if trt is not None else import_tensorrt()
+    version = str(trt.__version__)
+    check_strong_typing(version)
+    gpu = gpu if gpu is not None else probe_gpu(version, cuda)
+    plan, card = make_plan(onnx_path, tile, batch, gpu, out_dir, workspace_gb, opt_level)
+    engine_path = plan.engine_path
+    if engine_path.exists() and not rebuild:
+        try:
+            _, key, _ = read_engine_card(engine_path)
+            check_engine(engine_path, gpu)
+            if key == plan.key:
+                log.info("engine cache hit: %s", engine_path)
+                return BuildResult(engine_path, engine_path.with_name(engine_path.name + ".card.json"), key, True,
+                                   0.0, plan.timing_cache_path, plan.timing_cache_path.exists())
+            log.warning("engine %s has a different key (stale); rebuilding", engine_path.name)
+        except (BackendError, InputError, Exception) as exc:  # foreign, corrupt or card-less: rebuild it
+            log.warning("engine %s cannot be reused (%s); rebuilding", engine_path.name, exc)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    serialized, cache_reused = _build(trt, plan)
+    seconds = time.perf_counter() - t0
+    card_path = _write_engine(plan, card, serialized, seconds)
+    log.info("built %s in %.1f s (%s, profile %s..%s)", engine_path, seconds, plan.precision, plan.profile.min,
+             plan.profile.max)
+    return BuildResult(engine_path, card_path, plan.key, False, seconds, plan.timing_cache_path, cache_reused)
+
+
+def network_flags(trt: Any) -> int:
+    """STRONGLY_TYPED on 10.x (opt-in); 0 on 11.x (always strongly typed, the flag is ignored there)."""
+    major, _ = trt_version_tuple(trt.__version__)
+    if major >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _build(trt: Any, plan: BuildPlan) -> tuple[bytes, bool]:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise BackendError(f"TensorRT could not start (no usable GPU/driver?). {NO_TRT_FALLBACK}")
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(plan.onnx_path)):
+        raise InputError(_parser_errors(parser, plan.onnx_path))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    config.builder_optimization_level = plan.opt_level
+    profile = builder.create_optimization_profile()
+    p = plan.profile
+    profile.set_shape(p.input_name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    cache, reused = _load_timing_cache(config, plan.timing_cache_path)
+    config.set_timing_cache(cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RunError(f"TensorRT failed to build {plan.onnx_path.name} (see the TensorRT log above). Try a smaller "
+                       "--tile or --batch, or a larger --workspace.")
+    _save_timing_cache(config, plan.timing_cache_path)
+    return bytes(serialized), reused
+
+
+def _parser_errors(parser: Any, onnx_path: Path) -> str:
+    names = _node_names(onnx_path)
+    lines = []
+    for i in range(int(parser.num_errors)):
+        err = parser.get_error(i)
+        node = _call(err, "node_name") or ""
+        idx = _call(err, "node")
+        if not node and isinstance(idx, int) and 0 <= idx < len(names):
+            node = names[idx]
+        op = _call(err, "node_operator") or ""
+        lines.append(f"node {node or '?'} ({op or 'op ?'}): {_call(err, 'desc')}")
+    detail = "; ".join(lines) or "no details from the parser"
+    return (f"TensorRT cannot parse {onnx_path.name}: {detail}. Replace that operator in the family's export_module "
+            f"(or export with another opset); {NO_TRT_FALLBACK}")
+
+
+def _call(obj: Any, name: str) -> Any:
+    fn = getattr(obj, name, None)
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:  # older parsers lack some accessors
+        return None
+
+
+def _node_names(onnx_path: Path) -> list[str]:
+    try:
+        import onnx
+
+        return [n.name or f"{n.op_type}_{i}" for i, n in enumerate(onnx.load(str(onnx_path)).graph.node)]
+    except Exception:
+        return []
+
+
+def _load_timing_cache(config: Any, path: Path) -> tuple[Any, bool]:
+    """The persisted cache, or a fresh one when it is missing or unreadable (rebuilt, never an error)."""
+    data = b""
+    if path.is_file():
+        data = path.read_bytes()
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            if cache is not None:
+                return cache, True
+        except Exception as exc:  # a truncated or foreign cache file
+            log.warning("timing cache %s is unreadable (%s); starting a new one", path.name, exc)
+    else:
+        log.info("no timing cache at %s; a new one is created", path)
+    return config.create_timing_cache(b""), False
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bytes(cache.serialize()))
+    os.replace(tmp, path)
+
+
+def _write_engine(plan: BuildPlan, card: ModelCard, serialized: bytes, seconds: float) -> Path:
+    engine_path = plan.engine_path
+    tmp = engine_path.with_name(engine_path.name + ".tmp")
+    tmp.write_bytes(serialized)
+    os.replace(tmp, engine_path)
+    card.verification = dict(card.verification)
+    card.verification[CARD_KEY] = {
+        "key": plan.key.to_dict(), "digest": plan.key.digest(), "engine_sha256": sha256_file(engine_path),
+        "build_seconds": round(seconds, 3), "workspace_bytes": plan.workspace_bytes, "opt_level": plan.opt_level,
+        "onnx": plan.onnx_path.name,
+    }
+    return card.write_sidecar(engine_path)
+
+
+def describe(result: BuildResult) -> str:
+    return json.dumps({"engine": str(result.engine_path), "reused": result.reused, "key": result.key.digest(),
+                       "build_seconds": round(result.build_seconds, 2),
+                       "timing_cache_reused": result.timing_cache_reused})
+
