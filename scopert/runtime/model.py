@@ -187,6 +187,14 @@ class Model:
         norm = fit_normalization(array, self.card.normalization, pmin, pmax)
         return internal, data_axes, norm
 
+    def _check_time_window(self, internal) -> None:
+        """A 2D+t model needs at least its time window of frames."""
+        if "t" in self.in_layout.tiled and self.card.input.time_window:
+            frames = internal.shape[1 + self.in_layout.tiled.index("t")]
+            if frames < self.card.input.time_window:
+                raise InputError(f"the movie has {frames} frames, fewer than the model's time window of "
+                                 f"{self.card.input.time_window}; give at least {self.card.input.time_window} frames.")
+
     def output_axes(self, data_axes: str) -> str:
         """The axes of ``predict``'s result: the input's, with 'c' kept where it was (or first if added)."""
         if self.card.output.channels == 1 and "c" not in data_axes:
@@ -205,6 +213,7 @@ class Model:
         if centre_frame_model(self.card):
             return self._predict_frames(array, tile, overlap, stitch, batch, axes, window, progress)
         internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
+        self._check_time_window(internal)
         rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
         out = np.empty(self.output_shape(internal.shape), np.float32)
         self._run(internal, norm, rp, ArraySink(out), progress)
@@ -216,6 +225,7 @@ class Model:
                    progress: Callable[[int], None] | None = None) -> PipelineStats:
         """Like ``predict`` but hands (C, n, ...) output slabs to ``sink`` as they complete (bounded memory)."""
         internal, _, norm = self.prepare(array, axes, pmin, pmax)
+        self._check_time_window(internal)
         rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
         return self._run(internal, norm, rp, sink, progress)
 

@@ -98,28 +98,35 @@ class CentreWindowProcessor:
 
 
 class ChunkProcessor:
-    """2D+t models (time in and out): consecutive chunks of ``time_window`` frames, one output per frame."""
+    """2D+t models (time in and out): consecutive chunks of ``time_window`` frames, one output per frame.
+
+    The last, shorter chunk is run together with the frames before it (a full window) and only its own
+    frames are emitted, so the stream's end is restored with full temporal context.
+    """
 
     def __init__(self, model, **kw) -> None:
         self.model, self.kw = model, kw
         self.size = model.card.input.time_window
         self.buffer: list[np.ndarray] = []
-
-    def _run(self) -> list[np.ndarray]:
-        chunk = np.stack(self.buffer)
-        self.buffer = []
-        return list(self.model.predict(chunk, **self.kw))
+        self.previous: list[np.ndarray] = []
 
     def push(self, frame: np.ndarray) -> list[np.ndarray]:
         self.buffer.append(np.asarray(frame))
-        return self._run() if len(self.buffer) == self.size else []
+        if len(self.buffer) < self.size:
+            return []
+        chunk, self.previous, self.buffer = self.buffer, self.buffer, []
+        return list(self.model.predict(np.stack(chunk), **self.kw))
 
     def flush(self) -> list[np.ndarray]:
-        if not self.buffer:
+        n = len(self.buffer)
+        if not n:
             return []
-        if len(self.buffer) < self.size and not self.kw.get("allow_short_chunk", True):
-            raise InputError(f"only {len(self.buffer)} frames left; the model's time window is {self.size}.")
-        return self._run()
+        window = (self.previous + self.buffer)[-self.size:]
+        if len(window) < self.size:
+            raise InputError(f"the stream ended after {len(window)} frames, fewer than the model's time window of "
+                             f"{self.size}; push at least {self.size} frames.")
+        self.buffer = []
+        return list(self.model.predict(np.stack(window), **self.kw))[-n:]
 
 
 def make_frame_processor(model, **predict_kwargs):

@@ -120,6 +120,9 @@ def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: f
     # An image that fits in one tile gets one window, shrunk to what the image needs.
     if size + 2 * halo <= tile:
         need = round_up(size + 2 * halo, divisor)
+        if need > size + 2 * halo:
+            log.info("axis %r: %d voxels + halo reflect-padded to %d (divisor %d); the output keeps the input size",
+                     axis, size, need, divisor)
         only = AxisTile(-halo, need, 0, size, True, True)
         return AxisPlan(axis, size, need, halo, scale, (only,))
 

@@ -58,6 +58,9 @@ class CnntConfig:
     no_residual: bool = False
     is_causal: bool = False
     wrapper: str = "enhanced"
+    # How inputs were scaled in training (the seed's --im_value_scale / --per_scaling); only the card uses them.
+    im_value_scale: list[float] = field(default_factory=lambda: [0.0, 65536.0])
+    per_scaling: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "CnntConfig":
@@ -399,12 +402,20 @@ def card_fields(model_config: dict) -> dict:
     return {
         "input": {"name": "input", "axes": "btcyx", "channels": 1, "divisor": div, "time_window": cfg.time},
         "output": {"name": "output", "axes": "btcyx", "channels": 1, "divisor": div, "time_window": cfg.time},
-        "normalization": {"kind": "fixed", "offset": 0.0, "scale": 65536.0, "clip": True},
+        "normalization": _normalization(cfg),
         "postprocess": {"clip": [0.0, 1.0]},
         "tile_invariant": False,
         "default_tile": tile,
         "notes": " ".join(notes),
     }
+
+
+def _normalization(cfg: CnntConfig) -> dict:
+    """The training scaling as a card normalization: clip((x - lo) / (hi - lo)), or 1.5/99.5 percentiles."""
+    if cfg.per_scaling:
+        return {"kind": "percentile", "pmin": 1.5, "pmax": 99.5, "clip": True}
+    lo, hi = (float(v) for v in cfg.im_value_scale)
+    return {"kind": "fixed", "offset": lo, "scale": hi - lo, "clip": True}
 
 
 def export_shapes(model_config: dict) -> list[tuple[int, ...]]:
