@@ -47,4 +47,25 @@ def environment_report() -> dict[str, str]:
     if report["gpu"] != "none visible" and report["tensorrt"] != "not installed":
         runtime = "trt engines (build with `scopert build`), else ort with CUDA"
     report["default backend"] = runtime
+    report.update(backend_choice_report())
+    report["default backend"] = report["auto backend"].split(":")[0]
     return report
+
+
+def backend_choice_report() -> dict[str, str]:
+    """What ``backend='auto'`` picks on this machine and why, and what bf16 would need (issue 7)."""
+    from scopert.runtime.backends.choice import choose, probe_environment
+    from scopert.runtime.bf16_gate import cpu_caps
+
+    out: dict[str, str] = {}
+    try:
+        choice = choose("model.onnx", "auto", probe_environment())
+        out["auto backend"] = f"{choice.backend} on {choice.device}: {choice.reason}"
+    except Exception as exc:  # noqa: BLE001 - doctor reports, it does not fail
+        out["auto backend"] = f"none: {exc}"
+    caps = cpu_caps()
+    out["cpu"] = caps.model
+    out["default precision"] = "f32 (set explicitly; bf16 only on request)"
+    out["bf16"] = (f"possible: {caps.bf16_evidence}; needs --precision bf16 and a PSNR gate >= 45 dB on real tiles"
+                   if caps.bf16 else f"not available: {caps.bf16_evidence}")
+    return out

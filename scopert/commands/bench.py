@@ -1,4 +1,5 @@
-"""``scopert bench``: raw backend throughput against the whole pipeline on a volume."""
+"""``scopert bench``: one model's backend throughput, pipeline efficiency, optional bf16 gate, and a
+verdict against camera data rates (sCMOS 2048x2048 16-bit at 100 fps = 0.84 GB/s, and a user rate)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ import click
 
 from scopert.commands.util import parse_ints
 
+SCMOS_BYTES_PER_S = 2048 * 2048 * 2 * 100  # 0.84 GB/s
+
+
+def camera_verdicts(voxels_per_s: float, user_mb_s: float | None) -> dict[str, str]:
+    """Whether a 16-bit stream at the measured voxel rate keeps up with each camera rate."""
+    have = voxels_per_s * 2
+    rates = {"sCMOS 2048^2 16-bit 100 fps (838.9 MB/s)": SCMOS_BYTES_PER_S}
+    if user_mb_s:
+        rates[f"user rate ({user_mb_s:g} MB/s)"] = user_mb_s * 1e6
+    return {name: (f"keeps up ({have / need:.2f}x)" if have >= need else
+                   f"does NOT keep up ({have / need:.3f}x; needs {need / have:.1f}x faster)")
+            for name, need in rates.items()}
+
 
 @click.command()
 @click.argument("model_path", type=click.Path(exists=True))
@@ -17,19 +31,48 @@ from scopert.commands.util import parse_ints
 @click.option("--batch", type=int, default=1)
 @click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
+@click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32")
+@click.option("--data", "data_path", type=click.Path(exists=True),
+              help="A real image: the bf16 accuracy gate runs on its tiles (and the pipeline figure on it).")
+@click.option("--gate-db", type=float, default=45.0, show_default=True, help="bf16 gate: minimum PSNR vs f32.")
+@click.option("--rate", "user_rate", type=float, help="Your camera's data rate in MB/s for a second verdict.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
-def bench(model_path, shape, tile, batch, repeats, stitch, json_path) -> None:
-    """Raw backend throughput on tile batches vs the whole pipeline on a volume (pipeline efficiency)."""
+def bench(model_path, shape, tile, batch, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
+          json_path) -> None:
+    """Backend and pipeline throughput for one model, and whether it keeps up with a camera."""
     from scopert.runtime import load
     from scopert.runtime.bench import bench_pipeline
 
-    model = load(model_path)
-    result = bench_pipeline(model, parse_ints(shape, "--shape"), parse_ints(tile, "-B"), batch=batch, stitch=stitch,
-                            repeats=repeats)
+    volume = None
+    if data_path:
+        from scopert.runtime.io import read_image
+
+        with read_image(data_path) as img:
+            import numpy as np
+
+            volume = np.asarray(img.array)
+    if volume is not None:
+        import numpy as np
+
+        from scopert.card import read_sidecar  # noqa: F401  (cheap; the card is read by load)
+        spatial = len(load(model_path, backend="ort", device="cpu").in_layout.tiled)
+        while volume.ndim > spatial:  # a stack of images: bench on the first one
+            volume = np.asarray(volume[0])
+    model = load(model_path, backend=backend, precision=precision, calibration=volume, gate_db=gate_db)
+    shp = volume.shape if volume is not None else parse_ints(shape, "--shape")
+    result = bench_pipeline(model, shp, parse_ints(tile, "-B"), batch=batch, stitch=stitch, repeats=repeats,
+                            volume=volume)
+    result["chosen"] = {"backend": model.backend.info.name, "precision": model.backend.info.precision,
+                        "why": model.backend.info.reason}
+    gate = getattr(model, "precision_decision", None)
+    if gate is not None:
+        result["bf16_gate"] = gate.as_dict()
+    result["camera_verdicts"] = camera_verdicts(result["pipeline_voxels_per_s"], user_rate)
     for key, value in result.items():
         click.echo(f"{key:>28}: {value}")
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
 
 
 command = bench

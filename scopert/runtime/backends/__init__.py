@@ -21,9 +21,18 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     path = Path(path)
+    # Issue 7: 'auto' and 'openvino' go through the choice module (order, reasons, ORT fallback).
+    if backend == "auto" and path.suffix not in (".engine", ".plan"):
+        from scopert.runtime.backends.choice import open_auto
+
+        return open_auto(path, device=device, threads=threads)
     if backend == "auto":
-        backend = "trt" if path.suffix in (".engine", ".plan") else "ort"
+        backend = "trt"
         log.info("backend auto: %s for %s", backend, path.name)
+    if backend == "openvino":
+        from scopert.runtime.backends.choice import open_openvino
+
+        return open_openvino(path, threads, "f32", "--backend openvino")
     if backend == "ort":
         from scopert.runtime.backends.ort import OrtBackend
 

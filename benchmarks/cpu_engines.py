@@ -1,0 +1,300 @@
+"""CPU engines side by side: torch eager FP32, ORT FP32, OpenVINO f32 and OpenVINO bf16 (issue 7).
+
+Workloads (random weights; accuracy reported against torch FP32): the rcan family in 3D on a 1x1x16x128x128
+tile, the unet family (UNet3D, GroupNorm, f_maps 16, 4 levels) on 1x1x32x128x128, and a CARE-like 2D U-Net on
+1x1x1024x1024. Engines alternate within each repeat (min of repeats), so the ratios hold on a loaded machine.
+Then a tile/batch sweep of OpenVINO f32 on the 2D model with the tile an auto-tuner would pick (fastest
+Mvox/s), the raw-backend vs ``predict`` (pipeline) efficiency, and end to end ``predict`` with OpenVINO
+against MONAI ``sliding_window_inference`` (torch FP32) at the same tile and overlap on a 3D volume.
+Writes benchmarks/results/cpu_engines.{md,json,png} with the CPU model and flags.
+
+    python benchmarks/cpu_engines.py [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from scopert.card import ModelCard, Normalization, TensorSpec  # noqa: E402
+from scopert.runtime import load  # noqa: E402
+from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from scopert.runtime.backends.ort import OrtBackend  # noqa: E402
+from scopert.runtime.bench import bench_pipeline  # noqa: E402
+from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
+
+THREADS = os.cpu_count() or 1
+
+
+class Care2D(nn.Module):
+    """CSBDeep-like 2D U-Net: depth 2, base 32, two conv+ReLU per level, maxpool, nearest up, concat, residual."""
+
+    def __init__(self, base: int = 32) -> None:
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1), nn.ReLU())
+        self.e0, self.e1, self.mid = block(1, base), block(base, 2 * base), block(2 * base, 4 * base)
+        self.d1, self.d0 = block(6 * base, 2 * base), block(3 * base, base)
+        self.out = nn.Conv2d(base, 1, 1)
+
+    def forward(self, x):
+        a = self.e0(x)
+        b = self.e1(nn.functional.max_pool2d(a, 2))
+        c = self.mid(nn.functional.max_pool2d(b, 2))
+        d = self.d1(torch.cat([b, nn.functional.interpolate(c, scale_factor=2.0)], 1))
+        e = self.d0(torch.cat([a, nn.functional.interpolate(d, scale_factor=2.0)], 1))
+        return x + self.out(e)
+
+
+def build_models() -> dict[str, dict]:
+    from scopert.training.models.rcan import build_model as build_rcan
+    from scopert.training.models.rcan import default_model_config
+    from scopert.training.models.unet import build_model as build_unet
+    from scopert.training.models.unet import export_module as unet_export
+
+    torch.manual_seed(0)
+    rcan = build_rcan(default_model_config(3)).eval()
+    ucfg = {"name": "UNet3D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "num_groups": 8, "num_levels": 4,
+            "final_sigmoid": False, "is_segmentation": False}
+    unet = unet_export(build_unet(ucfg), ucfg).eval()
+    return {
+        "rcan3d": {"module": rcan, "tile": (1, 1, 16, 128, 128), "axes": "bczyx", "halo": 8, "divisor": 1},
+        "unet3d_gn": {"module": unet, "tile": (1, 1, 32, 128, 128), "axes": "bczyx", "halo": 16, "divisor": 8},
+        "care2d": {"module": Care2D().eval(), "tile": (1, 1, 1024, 1024), "axes": "bcyx", "halo": 16, "divisor": 4},
+    }
+
+
+def export(spec: dict, path: Path) -> None:
+    import onnx
+
+    axes = spec["axes"]
+    x = torch.zeros(spec["tile"])
+    names = {0: "b"} | {i + 2: f"s{i}" for i in range(len(spec["tile"]) - 2)}
+    torch.onnx.export(spec["module"], x, str(path), input_names=["input"], output_names=["output"], opset_version=17,
+                      dynamic_axes={"input": names, "output": names}, dynamo=False)
+    spatial = axes[2:]
+    card = ModelCard(family="bench", name=path.stem,
+                     input=TensorSpec("input", axes, divisor={a: spec["divisor"] for a in spatial}
+                                      if spec["divisor"] > 1 else {}),
+                     output=TensorSpec("output", axes), halo={a: spec["halo"] for a in spatial},
+                     tile_invariant=False, normalization=Normalization(kind="percentile", pmin=1.0, pmax=99.8))
+    card.validate()
+    proto = onnx.load(str(path))
+    card.embed(proto)
+    onnx.save(proto, str(path))
+
+
+def micro_tile(shape, seed=0) -> np.ndarray:
+    """A microscopy-like tile: Gaussian blobs, background, Poisson and read noise, percentile-normalized."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape[2:]], indexing="ij")
+    img = np.full(shape[2:], 5.0, np.float32)
+    for _ in range(40):
+        c = [rng.uniform(0, n) for n in shape[2:]]
+        r2 = sum((g - ci) ** 2 for g, ci in zip(grids, c))
+        img += rng.uniform(20, 80) * np.exp(-r2 / (2 * rng.uniform(2, 6) ** 2))
+    img = rng.poisson(img * 50 / img.max() * 10).astype(np.float32) + rng.normal(0, 2, img.shape).astype(np.float32)
+    lo, hi = np.percentile(img, [1, 99.8])
+    img = (img - lo) / (hi - lo)
+    return np.broadcast_to(img, shape).astype(np.float32).copy()
+
+
+def time_min(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_ok: bool) -> dict:
+    x = micro_tile(spec["tile"])
+    xt = torch.from_numpy(x)
+    torch.set_num_threads(THREADS)
+    with torch.inference_mode():
+        ref = spec["module"](xt).numpy()
+    runners = {"torch_fp32": lambda: spec["module"](xt).numpy()}
+    ort_b = OrtBackend(path, device="cpu", threads=THREADS)
+    ov_b = OpenVinoBackend(path, threads=THREADS, precision="f32")
+    runners["ort_fp32"] = lambda: ort_b.run(x)
+    runners["openvino_f32"] = lambda: ov_b.run(x)
+    notes = {}
+    if bf16_ok:
+        ovb = OpenVinoBackend(path, threads=THREADS, precision="bf16")
+        runners["openvino_bf16"] = lambda: ovb.run(x)
+    else:
+        notes["openvino_bf16"] = "not measured: this CPU has no bf16 (OpenVINO would run f32)"
+    outs = {}
+    times = {k: float("inf") for k in runners}
+    with torch.inference_mode():
+        for k, fn in runners.items():  # warm-up (compile, allocations)
+            outs[k] = fn()
+        for _ in range(repeats):
+            for k, fn in runners.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k] = min(times[k], time.perf_counter() - t0)
+    vox = float(np.prod(spec["tile"]))
+    row = {"tile": list(spec["tile"]), "engines": {}, "notes": notes}
+    for k in runners:
+        row["engines"][k] = {"seconds": round(times[k], 4), "mvox_s": round(vox / times[k] / 1e6, 3),
+                             "x_torch": round(times["torch_fp32"] / times[k], 3),
+                             "psnr_vs_torch_fp32_db": None if k == "torch_fp32" else round(psnr_db(ref, outs[k]), 1)}
+    row["openvino_f32_x_ort"] = round(times["ort_fp32"] / times["openvino_f32"], 3)
+    print(f"{name}: " + ", ".join(f"{k} {v['seconds']:.3f}s ({v['x_torch']:.2f}x)" for k, v in row["engines"].items()),
+          flush=True)
+    return row
+
+
+def sweep_2d(path: Path, repeats: int, quick: bool) -> dict:
+    """OpenVINO f32 on the 2D model over tile sizes and batches; the auto-tuner's pick is the fastest Mvox/s."""
+    b = OpenVinoBackend(path, threads=THREADS)
+    rows = []
+    for tile in ((256, 512) if quick else (128, 256, 512, 1024)):
+        for batch in ((1, 2) if quick else (1, 2, 4)):
+            if tile * tile * batch > 1024 * 1024 * 2:
+                continue
+            x = micro_tile((batch, 1, tile, tile))
+            b.run(x)
+            t = time_min(lambda: b.run(x), repeats)
+            rows.append({"tile": tile, "batch": batch, "seconds": round(t, 4),
+                         "mvox_s": round(batch * tile * tile / t / 1e6, 3)})
+            print(f"sweep 2D tile {tile} batch {batch}: {rows[-1]['mvox_s']} Mvox/s", flush=True)
+    best = max(rows, key=lambda r: r["mvox_s"])
+    return {"rows": rows, "auto_tuner_pick": best}
+
+
+def apply_vs_monai(spec: dict, path: Path, repeats: int, quick: bool) -> dict:
+    """``predict`` (OpenVINO, blend) against MONAI sliding_window_inference (torch FP32), same tile and overlap."""
+    from monai.inferers import sliding_window_inference
+
+    shape = (32, 256, 256) if quick else (64, 256, 256)
+    tile, overlap = spec["tile"][2:], 0.25
+    vol = (micro_tile((1, 1) + shape)[0, 0] * 1000 + 200).astype(np.uint16)
+    model = load(path, backend="openvino")
+    ov_overlap = tuple(int(round(t * overlap)) for t in tile)
+    norm = model.prepare(vol)[2]
+    xt = torch.from_numpy(norm(vol.astype(np.float32))[None, None])
+    with torch.inference_mode():
+        ref = sliding_window_inference(xt, tile, 1, spec["module"], overlap=overlap, mode="gaussian").numpy()[0, 0]
+    ours = model.predict(vol, tile=tile, overlap=ov_overlap, stitch="blend")
+    t_ours, t_monai = float("inf"), float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(vol, tile=tile, overlap=ov_overlap, stitch="blend")
+        t_ours = min(t_ours, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            sliding_window_inference(xt, tile, 1, spec["module"], overlap=overlap, mode="gaussian")
+        t_monai = min(t_monai, time.perf_counter() - t0)
+    eff = bench_pipeline(model, shape, tile, batch=1, stitch="crop", repeats=repeats, volume=vol)
+    return {"volume": list(shape), "tile": list(tile), "overlap": overlap, "scopert_openvino_s": round(t_ours, 3),
+            "monai_torch_s": round(t_monai, 3), "x_monai": round(t_monai / t_ours, 3),
+            "psnr_vs_monai_db": round(psnr_db(ref, ours), 1), "tiles_scopert": model.last_stats.tiles if False else None,
+            "pipeline_efficiency_crop": eff["pipeline_efficiency"], "raw_s": eff["raw_seconds"],
+            "pipeline_s": eff["pipeline_seconds"]}
+
+
+def write_results(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cpu_engines.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# CPU engines ({result['date']})", "", f"CPU: {result['cpu']['model']}, {result['cpu']['threads']} threads; "
+             f"bf16: {result['cpu']['bf16']}; load average at start {result['loadavg_start']} (machine shared, noisy).",
+             f"Flags (vector): {result['cpu']['vector_flags']}", "",
+             "| workload | engine | s (min) | Mvox/s | x torch FP32 | PSNR vs torch FP32 dB |", "|---|---|---|---|---|---|"]
+    for w, row in result["workloads"].items():
+        for k, v in row["engines"].items():
+            lines.append(f"| {w} {row['tile']} | {k} | {v['seconds']} | {v['mvox_s']} | {v['x_torch']} | "
+                         f"{v['psnr_vs_torch_fp32_db'] if v['psnr_vs_torch_fp32_db'] is not None else 'ref'} |")
+        for k, note in row["notes"].items():
+            lines.append(f"| {w} | {k} | – | – | – | {note} |")
+    sw = result["sweep_2d"]
+    lines += ["", "## Tile/batch sweep (OpenVINO f32, 2D)", "", "| tile | batch | s | Mvox/s |", "|---|---|---|---|"]
+    lines += [f"| {r['tile']} | {r['batch']} | {r['seconds']} | {r['mvox_s']} |" for r in sw["rows"]]
+    lines += [f"", f"Auto-tuner pick: tile {sw['auto_tuner_pick']['tile']}, batch {sw['auto_tuner_pick']['batch']}."]
+    if result.get("apply_vs_monai"):
+        a = result["apply_vs_monai"]
+        lines += ["", "## End to end: predict (OpenVINO f32, blend) vs MONAI sliding_window_inference (torch FP32)", "",
+                  f"volume {a['volume']}, tile {a['tile']}, overlap {a['overlap']}: ScopeRT {a['scopert_openvino_s']} s, "
+                  f"MONAI {a['monai_torch_s']} s -> {a['x_monai']}x MONAI; PSNR vs MONAI {a['psnr_vs_monai_db']} dB. "
+                  f"Pipeline efficiency (crop, same tiles): {a['pipeline_efficiency_crop']} "
+                  f"(raw {a['raw_s']} s, pipeline {a['pipeline_s']} s)."]
+    (out_dir / "cpu_engines.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = list(result["workloads"])
+        engines = ["torch_fp32", "ort_fp32", "openvino_f32", "openvino_bf16"]
+        for i, e in enumerate(engines):
+            vals = [result["workloads"][n]["engines"].get(e, {}).get("x_torch", 0) for n in names]
+            ax.bar(np.arange(len(names)) + i * 0.2, vals, 0.2, label=e)
+        ax.set_xticks(np.arange(len(names)) + 0.3, names)
+        ax.set_ylabel("speed-up vs torch eager FP32")
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_title(f"{result['cpu']['model']}, {result['cpu']['threads']} threads (loaded machine)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "cpu_engines.png", dpi=100)
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="Smaller sweep and volume.")
+    ap.add_argument("--only", help="Comma-separated workloads (rcan3d, unet3d_gn, care2d).")
+    ap.add_argument("--no-monai", action="store_true")
+    args = ap.parse_args()
+    caps = cpu_caps()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": list(os.getloadavg()),
+              "cpu": {"model": caps.model, "threads": THREADS, "bf16": caps.bf16_evidence,
+                      "vector_flags": " ".join(sorted(f for f in caps.flags if f.startswith(("avx", "amx", "fma")))),
+                      "machine": platform.machine()},
+              "versions": {"torch": torch.__version__}, "workloads": {}}
+    import onnxruntime
+    import openvino
+    result["versions"].update(onnxruntime=onnxruntime.__version__, openvino=openvino.get_version())
+    specs = build_models()
+    if args.only:
+        specs = {k: v for k, v in specs.items() if k in args.only.split(",")}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, spec in specs.items():
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            export(spec, paths[name])
+            result["workloads"][name] = engines_side_by_side(name, spec, paths[name], args.repeats, caps.bf16)
+        if "care2d" in paths:
+            result["sweep_2d"] = sweep_2d(paths["care2d"], args.repeats, args.quick)
+        else:
+            result["sweep_2d"] = {"rows": [], "auto_tuner_pick": {"tile": None, "batch": None}}
+        if not args.no_monai and "unet3d_gn" in paths:
+            result["apply_vs_monai"] = apply_vs_monai(specs["unet3d_gn"], paths["unet3d_gn"], max(1, args.repeats - 1),
+                                                      args.quick)
+            print("apply vs MONAI:", result["apply_vs_monai"], flush=True)
+    result["loadavg_end"] = list(os.getloadavg())
+    write_results(result, REPO / "benchmarks" / "results")
+    print((REPO / "benchmarks" / "results" / "cpu_engines.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

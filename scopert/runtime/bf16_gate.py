@@ -1,0 +1,239 @@
+"""bf16 as an earned opt-in: the CPU must report bf16, and a measured accuracy gate must pass.
+
+``cpu_caps`` reads the CPU model and flags from /proc/cpuinfo (avx512_bf16, amx_bf16) and, when OpenVINO
+is installed, its OPTIMIZATION_CAPABILITIES ('BF16'). ``decide_precision`` turns a request for bf16 into
+a decision: refused (and the run goes on in f32) when the CPU lacks bf16, when no real tiles and no
+earlier measurement exist, or when the PSNR of bf16 against f32 on real tiles is below the threshold
+(45 dB by default). The measured value is written beside the model (``<model>.bf16gate.json``), keyed by
+the model's sha256 and the CPU, and a later run reuses it instead of measuring again.
+
+Imports numpy and the standard library; OpenVINO only through the backend, lazily. Never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD_DB = 45.0
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class CpuCaps:
+    """What the CPU reports about itself."""
+
+    model: str
+    flags: frozenset[str] = field(default_factory=frozenset)
+    ov_capabilities: tuple[str, ...] = ()
+
+    @property
+    def bf16(self) -> bool:
+        return any(f in self.flags for f in BF16_FLAGS) or "BF16" in self.ov_capabilities
+
+    @property
+    def bf16_evidence(self) -> str:
+        found = [f for f in BF16_FLAGS if f in self.flags]
+        if "BF16" in self.ov_capabilities:
+            found.append("OpenVINO BF16 capability")
+        return ", ".join(found) if found else "no avx512_bf16/amx_bf16 flag and no OpenVINO BF16 capability"
+
+    @property
+    def key(self) -> str:
+        """Identifies the CPU for the gate record: model name plus its vector/bf16 flags."""
+        vec = sorted(f for f in self.flags if f.startswith(("avx", "amx")))
+        return f"{self.model} [{' '.join(vec)}]"
+
+
+def cpu_caps(cpuinfo: str | Path = "/proc/cpuinfo", ask_openvino: bool = True) -> CpuCaps:
+    """The CPU's model name and flags (Linux /proc/cpuinfo) and OpenVINO's view of it, where available."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    caps: tuple[str, ...] = ()
+    if ask_openvino:
+        try:
+            import openvino as ov
+
+            caps = tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        except Exception:  # noqa: BLE001 - not installed or no CPU plugin: the flags alone decide
+            caps = ()
+    return CpuCaps(model=model, flags=flags, ov_capabilities=caps)
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR of ``test`` against ``reference`` over the reference's value range (inf when identical)."""
+    reference = np.asarray(reference, np.float64)
+    test = np.asarray(test, np.float64)
+    mse = float(np.mean((reference - test) ** 2))
+    rng = float(reference.max() - reference.min()) or 1.0
+    return float("inf") if mse == 0 else 10.0 * np.log10(rng * rng / mse)
+
+
+def model_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gate_path(model_path: str | Path) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.name + ".bf16gate.json")
+
+
+@dataclass
+class GateResult:
+    """The precision a run uses and why."""
+
+    precision: str  # 'fp32' or 'bf16'
+    reason: str
+    psnr_db: float | None = None
+    threshold_db: float = DEFAULT_THRESHOLD_DB
+    reused: bool = False
+    record: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_records(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data.get("records", {}) if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(path: Path, key: str, record: dict[str, Any]) -> None:
+    records = _read_records(path)
+    records[key] = record
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"records": records}, indent=2))
+    os.replace(tmp, path)
+
+
+def measure_bf16_psnr(model_path: str | Path, tiles: Sequence[np.ndarray], threads: int | None = None
+                      ) -> tuple[float, dict[str, int]]:
+    """PSNR of OpenVINO bf16 against OpenVINO f32 over ``tiles`` (model-layout batches), and the op
+    counts per runtime precision of the bf16 compile (proof that bf16 kernels really ran)."""
+    from scopert.runtime.backends.openvino import OpenVinoBackend
+
+    f32 = OpenVinoBackend(model_path, threads=threads, precision="f32")
+    bf16 = OpenVinoBackend(model_path, threads=threads, precision="bf16")
+    ref, got = [], []
+    for tile in tiles:
+        ref.append(f32.run(tile).ravel())
+        got.append(bf16.run(tile).ravel())
+    counts = bf16.runtime_precisions((1,) + tuple(np.asarray(tiles[0]).shape[1:]))
+    return psnr_db(np.concatenate(ref), np.concatenate(got)), counts
+
+
+def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequence[np.ndarray] | None = None,
+                     threshold_db: float = DEFAULT_THRESHOLD_DB, threads: int | None = None,
+                     caps: CpuCaps | None = None) -> GateResult:
+    """Decide between f32 and bf16 for ``model_path`` on this CPU; never raises for a refusal."""
+    if requested in ("f32", "fp32"):
+        return GateResult("fp32", "f32 requested (the default)", threshold_db=threshold_db)
+    if requested != "bf16":
+        from scopert.errors import ConfigError
+
+        raise ConfigError(f"precision {requested!r}; choose f32 (default) or bf16.")
+    caps = caps or cpu_caps()
+    if not caps.bf16:
+        return GateResult("fp32", f"bf16 refused: this CPU ({caps.model}) does not report bf16 "
+                          f"({caps.bf16_evidence}); running in f32", threshold_db=threshold_db)
+    path = gate_path(model_path)
+    key = f"{model_hash(model_path)}|{caps.key}"
+    record = _read_records(path).get(key)
+    reused = record is not None
+    if record is None:
+        if not tiles:
+            return GateResult("fp32", "bf16 refused: no accuracy gate has been measured for this model on this CPU; "
+                              "give real data to measure it (`scopert bench MODEL --precision bf16 --data FILE`, or "
+                              "load(..., precision='bf16', calibration=array)); running in f32",
+                              threshold_db=threshold_db, record=str(path))
+        psnr, counts = measure_bf16_psnr(model_path, tiles, threads)
+        record = {"psnr_db": psnr if np.isfinite(psnr) else None, "identical": not np.isfinite(psnr),
+                  "tiles": len(tiles), "tile_shape": list(np.asarray(tiles[0]).shape), "bf16_ops": counts.get("bf16", 0),
+                  "runtime_precisions": counts, "cpu": caps.key, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            _write_record(path, key, record)
+        except OSError as exc:
+            log.warning("could not record the bf16 gate beside the model (%s): %s", path, exc)
+    if not record.get("bf16_ops"):
+        return GateResult("fp32", "bf16 refused: OpenVINO ran no op in bf16 on this CPU (no bf16 kernels); "
+                          "running in f32", record=str(path), reused=reused, threshold_db=threshold_db)
+    psnr = float("inf") if record.get("psnr_db") is None else float(record["psnr_db"])
+    where = "recorded" if reused else "measured"
+    if psnr < threshold_db:
+        return GateResult("fp32", f"bf16 refused: PSNR(bf16 vs f32) {where} on {record['tiles']} real tile(s) is "
+                          f"{psnr:.1f} dB, below the {threshold_db:g} dB gate; running in f32",
+                          psnr_db=psnr, threshold_db=threshold_db, reused=reused, record=str(path))
+    return GateResult("bf16", f"bf16 earned: PSNR(bf16 vs f32) {where} on {record['tiles']} real tile(s) is "
+                      f"{psnr:.1f} dB >= {threshold_db:g} dB on {caps.model} ({caps.bf16_evidence})",
+                      psnr_db=psnr, threshold_db=threshold_db, reused=reused, record=str(path))
+
+
+def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
+    """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it."""
+    internal, _, norm = model.prepare(array, axes)
+    rp = model.make_plan(dict(zip(model.in_layout.tiled, internal.shape[1:])), tile, None, "auto", 1)
+    tiles = list(rp.plan)
+    pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
+    out = []
+    for t in pick:
+        src, pads = [slice(None)], [(0, 0)]
+        for ap, at in zip(rp.plan.plans, t.axes):
+            lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
+            src.append(slice(lo, hi))
+            pads.append((lo - at.start, at.start + at.size - hi))
+        block = norm(np.asarray(internal[tuple(src)]))
+        if any(p != (0, 0) for p in pads):
+            block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
+        out.append(model.in_layout.to_model(block[None]).astype(np.float32))
+    return out
+
+
+def apply_precision(model: Any, precision: str, calibration: np.ndarray | None = None,
+                    threshold_db: float = DEFAULT_THRESHOLD_DB, threads: int | None = None,
+                    caps: CpuCaps | None = None) -> GateResult:
+    """Give a loaded ``Model`` the precision it may use: swaps in an OpenVINO bf16 backend when the gate
+    passes; otherwise keeps f32 and logs the refusal. The decision is kept as ``model.precision_decision``."""
+    if precision not in ("f32", "fp32") and model.backend.info.name != "openvino":
+        gate = GateResult("fp32", f"bf16 refused: bf16 runs on the OpenVINO backend only, and this model runs on "
+                          f"{model.backend.info.name}; use --backend openvino (x86). Running in f32",
+                          threshold_db=threshold_db)
+    else:
+        tiles = sample_tiles(model, calibration) if calibration is not None and precision == "bf16" else None
+        gate = decide_precision(model.path, precision, tiles, threshold_db, threads, caps)
+    if gate.precision == "bf16":
+        from scopert.runtime.backends.openvino import OpenVinoBackend
+
+        model.backend = OpenVinoBackend(model.path, threads=threads, precision="bf16")
+        log.info("precision bf16 for %s: %s", model.path.name, gate.reason)
+    elif precision == "bf16":
+        log.warning("%s: %s", model.path.name, gate.reason)
+    model.backend.info.reason = f"{model.backend.info.reason}; precision {gate.precision}: {gate.reason}"
+    model.precision_decision = gate
+    return gate

@@ -1,0 +1,183 @@
+"""Acquisition replay: push a recorded 2D+t stack through ``Model.stream`` at a camera's frame rate.
+
+A feeder thread offers frame i at ``start + i / fps``, as a camera would, into a ``FrameStream`` with
+block or drop backpressure; the caller's thread takes outputs in order and writes each as it comes (a
+TIFF opened once, one page per output, renamed into place at the end). The report says whether the run
+kept up: every frame processed (no drop), the feeder never held back by more than one frame interval,
+the queue never full and no backlog when the last frame arrived. Drops are exact:
+received = processed + dropped. Imports numpy, tifffile and the runtime; never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from scopert.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+TIME_LETTERS = "t"
+
+
+@dataclass
+class ReplayReport:
+    """What a replay measured."""
+
+    frames: int
+    fps: float
+    on_full: str
+    received: int
+    processed: int
+    dropped: int
+    produced: int
+    latency_p50_s: float
+    latency_p99_s: float
+    max_queue_depth: int
+    max_queue: int
+    max_lateness_s: float  # how far behind schedule the feeder fell (block mode holds it back)
+    backlog_at_end: int  # accepted frames not yet processed when the last frame was offered
+    wall_s: float
+    output_fps: float
+    kept_up: bool
+    verdict: str
+    output: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_rate(fps: float) -> float:
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--fps {fps!r} is not a number; give frames per second, e.g. --fps 10.") from None
+    if not np.isfinite(fps) or fps <= 0:
+        raise ConfigError(f"--fps {fps:g} is not a frame rate; give a positive number of frames per second, "
+                          "e.g. --fps 10.")
+    return fps
+
+
+def read_replay_stack(path: str | Path) -> np.ndarray:
+    """A (t, y, x) stack from a file whose axes are time then two image axes; anything else is an error."""
+    from scopert.runtime.io import read_image
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"replay file {path} does not exist.")
+    with read_image(path) as img:
+        axes, shape = img.axes or "?" * img.ndim, img.shape
+        if img.ndim != 3:
+            raise InputError(f"{path.name} has {img.ndim} axes ({axes}, shape {shape}); a replay needs a 2D+t stack "
+                             "(t, y, x): a movie of single-channel 2D frames. Save it as an ImageJ TIFF with axes TYX.")
+        stated = (img.source_axes or "").upper()
+        if axes[0] != "t" and (stated[:1] not in ("Q", "I", "T") or "Z" in stated or "C" in stated or "S" in stated):
+            raise InputError(f"{path.name} has axes {axes} (shape {shape}); a replay needs time first then y, x (tyx). "
+                             f"A {axes} stack is not a movie: pass a 2D+t recording, or re-save it with axes TYX.")
+        frames = np.asarray(img.array)
+    if frames.shape[0] < 1:
+        raise InputError(f"{path.name} holds no frames.")
+    return frames
+
+
+class _PageWriter:
+    """Writes outputs as they come: one TIFF page each, under a temporary name renamed at the end."""
+
+    def __init__(self, dest: Path) -> None:
+        import tifffile
+
+        from scopert.runtime.io.atomic import partial_path
+
+        self.dest = Path(dest)
+        self.tmp = partial_path(self.dest)
+        self.tif = tifffile.TiffWriter(self.tmp, bigtiff=True)
+        self.count = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        self.tif.write(np.asarray(frame, np.float32), contiguous=True)
+        self.count += 1
+
+    def close(self, ok: bool) -> None:
+        self.tif.close()
+        if ok:
+            self.tmp.replace(self.dest)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_queue: int = 4,
+           output: str | Path | None = None, on_output: Callable[[np.ndarray], None] | None = None,
+           **predict_kwargs) -> ReplayReport:
+    """Replay ``frames`` (t, y, x) at ``fps`` through ``model.open_stream`` and report the keep-up verdict."""
+    fps = check_rate(fps)
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise InputError(f"replay frames must be (t, y, x); got shape {frames.shape}.")
+    stream = model.open_stream(on_full=on_full, max_queue=max_queue, **predict_kwargs)
+    writer = _PageWriter(Path(output)) if output is not None else None
+    interval = 1.0 / fps
+    feed_state = {"lateness": 0.0, "backlog": 0}
+    start = time.perf_counter()
+
+    def feed() -> None:
+        try:
+            for i, frame in enumerate(frames):
+                due = start + i * interval
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                feed_state["lateness"] = max(feed_state["lateness"], time.perf_counter() - due)
+                stream.push(frame)
+            feed_state["backlog"] = stream.stats.accepted - stream.stats.produced
+        except BaseException:  # noqa: BLE001 - the stream's error reaches the consumer
+            pass
+        finally:
+            stream.close()
+
+    feeder = threading.Thread(target=feed, name="scopert-replay", daemon=True)
+    ok = False
+    try:
+        feeder.start()
+        for out in stream.results():
+            if writer is not None:
+                writer.write(out)
+            if on_output is not None:
+                on_output(out)
+        ok = True
+    finally:
+        feeder.join()
+        if writer is not None:
+            writer.close(ok)
+    wall = time.perf_counter() - start
+    st = stream.stats
+    processed = st.accepted
+    lateness = feed_state["lateness"]
+    backlog = feed_state["backlog"]
+    reasons = []
+    if st.dropped:
+        reasons.append(f"{st.dropped} of {st.received} frames dropped")
+    if lateness > interval:
+        reasons.append(f"the camera side was held back {lateness * 1e3:.0f} ms (> one frame, {interval * 1e3:.0f} ms)")
+    if st.max_queue_depth >= max_queue:
+        reasons.append(f"the queue filled ({st.max_queue_depth}/{max_queue})")
+    if backlog > 2:
+        reasons.append(f"{backlog} frames were still waiting when the last one arrived")
+    kept_up = not reasons
+    p50, p99 = st.latency_percentile(50), st.latency_percentile(99)
+    verdict = (f"kept up at {fps:g} fps: {st.received} frames, none dropped, latency p50 {p50 * 1e3:.0f} ms / "
+               f"p99 {p99 * 1e3:.0f} ms" if kept_up else f"did NOT keep up at {fps:g} fps: " + "; ".join(reasons))
+    report = ReplayReport(
+        frames=len(frames), fps=fps, on_full=on_full, received=st.received, processed=processed, dropped=st.dropped,
+        produced=st.produced, latency_p50_s=p50, latency_p99_s=p99, max_queue_depth=st.max_queue_depth,
+        max_queue=max_queue, max_lateness_s=lateness, backlog_at_end=backlog, wall_s=wall,
+        output_fps=st.produced / wall if wall else 0.0, kept_up=kept_up, verdict=verdict,
+        output=str(output) if output is not None else None,
+    )
+    log.info("replay: %s", verdict)
+    return report

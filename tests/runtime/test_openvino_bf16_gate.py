@@ -1,0 +1,84 @@
+"""bf16 is earned: refused on a CPU without bf16 (faked), refused without a measurement, gated at the
+threshold on a recorded PSNR, the record keyed by model hash and CPU and reused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from scopert.runtime import load
+from scopert.runtime.bf16_gate import CpuCaps, decide_precision, gate_path, model_hash, psnr_db, sample_tiles
+from tests.runtime.graphs import conv_stack
+
+pytest.importorskip("openvino")
+
+NO_BF16 = CpuCaps("Fake CPU", frozenset({"avx2", "fma"}), ("FP32", "INT8"))
+BF16 = CpuCaps("Fake bf16 CPU", frozenset({"avx2", "avx512f", "avx512_bf16"}), ("FP32", "BF16"))
+
+
+@pytest.fixture
+def model2d(tmp_path):
+    path = tmp_path / "conv2d.onnx"
+    conv_stack(path, ndim=2, layers=3, channels=8)
+    return path
+
+
+def test_psnr_numbers():
+    ref = np.linspace(0, 1, 1000)
+    assert psnr_db(ref, ref) == float("inf")
+    assert psnr_db(ref, ref + 0.01) == pytest.approx(40.0, abs=1e-6)
+
+
+def test_bf16_refused_on_cpu_without_bf16(model2d):
+    gate = decide_precision(model2d, "bf16", tiles=[np.zeros((1, 1, 32, 32), np.float32)], caps=NO_BF16)
+    assert gate.precision == "fp32"
+    assert "does not report bf16" in gate.reason and "Fake CPU" in gate.reason and "running in f32" in gate.reason
+    assert not gate_path(model2d).exists()
+
+
+def test_bf16_refused_without_real_tiles_or_record(model2d):
+    gate = decide_precision(model2d, "bf16", tiles=None, caps=BF16)
+    assert gate.precision == "fp32" and "no accuracy gate has been measured" in gate.reason
+
+
+def _record(model2d, psnr, bf16_ops=40):
+    key = f"{model_hash(model2d)}|{BF16.key}"
+    gate_path(model2d).write_text(json.dumps({"records": {key: {
+        "psnr_db": psnr, "tiles": 4, "bf16_ops": bf16_ops, "runtime_precisions": {"bf16": bf16_ops}}}}))
+
+
+def test_recorded_gate_is_reused_and_thresholded(model2d):
+    _record(model2d, 47.5)
+    passed = decide_precision(model2d, "bf16", caps=BF16)
+    assert passed.precision == "bf16" and passed.reused and passed.psnr_db == 47.5
+    refused = decide_precision(model2d, "bf16", caps=BF16, threshold_db=50.0)
+    assert refused.precision == "fp32" and "47.5 dB, below the 50 dB gate" in refused.reason
+    # another CPU has no record: no reuse across machines
+    other = CpuCaps("Other bf16 CPU", frozenset({"amx_bf16"}), ())
+    assert decide_precision(model2d, "bf16", caps=other).precision == "fp32"
+
+
+def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
+    img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
+    model = load(model2d, backend="openvino")
+    tiles = sample_tiles(model, img, n=3)
+    assert len(tiles) == 3 and tiles[0].shape[:2] == (1, 1)
+    gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16)
+    rec = json.loads(gate_path(model2d).read_text())["records"][f"{model_hash(model2d)}|{BF16.key}"]
+    assert rec["tiles"] == 3
+    if rec["bf16_ops"] == 0:  # this CPU has no bf16 kernels: OpenVINO ran f32, and the gate says so
+        assert gate.precision == "fp32" and "no op in bf16" in gate.reason
+    else:
+        assert rec["psnr_db"] > 30 and gate.precision == ("bf16" if rec["psnr_db"] >= 45 else "fp32")
+
+
+def test_load_with_bf16_on_cpu_without_bf16_continues_in_f32(model2d, data_dir, monkeypatch):
+    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
+    img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
+    model = load(model2d, backend="openvino", precision="bf16", calibration=img)
+    assert model.backend.info.precision == "fp32"
+    assert model.precision_decision.precision == "fp32" and "does not report bf16" in model.backend.info.reason
+    assert model.predict(img[:128, :128], tile=64).shape == (128, 128)
