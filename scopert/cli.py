@@ -46,8 +46,10 @@ def cli(verbose: int) -> None:
 @click.option("--batch", type=int, help="Tiles per inference call.")
 @click.option("--axes", help="Input axes, e.g. zyx; required for an ONNX file without a card (then bczyx).")
 @click.option("--dataset", help="HDF5/Zarr input dataset (default raw).")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16 on OpenVINO only where the CPU supports it and the accuracy gate passes.")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
-          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset) -> None:
+          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision) -> None:
     """Restore an image or a folder of images (the options of 3D-RCAN's apply.py)."""
     from tqdm import tqdm
 
@@ -57,11 +59,21 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
 
     model_axes = axes if axes and axes.startswith("b") else None
     data_axes = None if model_axes else axes
-    model = load(model_path, backend=backend, device=device, axes=model_axes)
+    inp = Path(input_path)
+    calibration = None
+    if precision != "f32":  # the bf16 gate measures on real tiles of the (first) input
+        import numpy as np
+
+        from scopert.runtime.io import read_image
+
+        with read_image(list_images(inp)[0] if inp.is_dir() else inp, dataset=dataset) as first:
+            calibration = np.asarray(first.array)
+    model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
+                 calibration=calibration)
     opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
                         batch=batch, axes=data_axes, bits=int(bits), fmt=fmt, normalize_output=normalize_output,
                         rescale=rescale, p_min=p_min, p_max=p_max, dataset=dataset)
-    inp, out = Path(input_path), Path(output_path)
+    out = Path(output_path)
     if inp.is_dir():
         if out.suffix:
             raise ConfigError(f"-i {inp} is a folder, so -o must be a folder too (got {out}).")
@@ -92,12 +104,20 @@ def info(model_path) -> None:
 
 
 @cli.command()
-def doctor() -> None:
-    """Report the Python environment, installed backends and GPUs."""
+@click.option("--gpu-check", "gpu_check", type=click.Path(exists=True),
+              help="Build a TensorRT engine for MODEL.onnx, compare it with ORT FP32 on real tiles and benchmark it.")
+@click.option("--calib", multiple=True, type=click.Path(exists=True), help="Real tiles for --gpu-check.")
+def doctor(gpu_check, calib) -> None:
+    """Report the Python environment, installed backends, the automatic backend choice and GPUs."""
     from scopert.doctor import environment_report
 
     for key, value in environment_report().items():
         click.echo(f"{key:>22}: {value}")
+    if gpu_check:
+        from scopert.export.gpu_check import run_gpu_check
+
+        for key, value in run_gpu_check(gpu_check, list(calib) or None).items():
+            click.echo(f"{key:>22}: {value}")
 
 
 # ---- training, import, export -------------------------------------------------------------------------
@@ -181,13 +201,26 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
 @click.argument("run_folder", type=click.Path(exists=True))
 @click.option("-o", "--output", "out_path", required=True, type=click.Path())
 @click.option("--opset", type=int, default=17)
-def export(run_folder, out_path, opset) -> None:
+@click.option("--fp16", is_flag=True, help="Also write <out>.fp16.onnx: strongly typed FP16 planned on real tiles.")
+@click.option("--calib", multiple=True, type=click.Path(exists=True),
+              help="Calibration images for --fp16 (TIFF/NPY/NPZ/HDF5); default: the run's training data.")
+@click.option("--safety-factor", type=float, default=4.0, show_default=True,
+              help="--fp16: keep nodes whose |x| exceeds 65504/F in FP32.")
+def export(run_folder, out_path, opset, fp16, calib, safety_factor) -> None:
     """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
     from scopert.export.onnx_export import export_run
 
     card = export_run(run_folder, out_path, opset=opset)
-    click.echo(f"{out_path}: max |ONNX - PyTorch| = {card.verification.get('max_abs_error')}, halo {card.halo}",
-               err=True)
+    err = card.verification.get("onnx_vs_torch", {}).get("max_abs_error")
+    click.echo(f"{out_path}: max |ONNX - PyTorch| = {err:.2e}, halo {card.halo}, "
+               f"tile-invariant {card.tile_invariant}", err=True)
+    if fp16:
+        from scopert.export.precision import convert_fp16
+
+        res = convert_fp16(out_path, Path(out_path).with_suffix(".fp16.onnx"), list(calib) or None,
+                           safety_factor=safety_factor)
+        click.echo(f"{res.path}: {len(res.plan.islands)} FP32 islands, predicted PSNR vs FP32 "
+                   f"{res.report.psnr_db:.1f} dB, {res.report.nonfinite_fp16} NaN/Inf", err=True)
 
 
 @cli.command()

@@ -21,7 +21,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     path = Path(path)
-    # Issue 7: 'auto' and 'openvino' go through the choice module (order, reasons, ORT fallback).
+    # auto and openvino go through the choice module: its order, its reasons, and the fallback to ORT.
     if backend == "auto" and path.suffix not in (".engine", ".plan"):
         from scopert.runtime.backends.choice import open_auto
 
@@ -37,6 +37,6 @@ def open_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
         from scopert.runtime.backends.ort import OrtBackend
 
         return OrtBackend(path, device=device, threads=threads)
-    raise BackendError(
-        f"backend {backend!r} is not available in this version; use --backend ort (ONNX Runtime)."
-    )
+    from scopert.runtime.backends.trt import TrtBackend
+
+    return TrtBackend(path, device=device, threads=threads)
