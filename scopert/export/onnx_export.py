@@ -24,7 +24,7 @@ import numpy as np
 
 from scopert.card import METADATA_KEY, ModelCard
 from scopert.errors import CardError, ConfigError, InputError, OutputError, RunError
-from scopert.export.receptive_field import RFResult, measure_receptive_field
+from scopert.export.receptive_field import RFResult, declared_receptive_field, measure_receptive_field
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,14 @@ def export_run(
     module = module.float().eval()
 
     card = _base_card(family.card_fields(cfg), info, out_path)
+    halo_hint = getattr(module, "halo_hint", None)  # a structural halo the export module declares: no (slow) probe
     shapes = [tuple(int(s) for s in shape) for shape in (shapes if shapes is not None else family.export_shapes(cfg))]
     _check_shapes(shapes, card)
 
     with torch.no_grad():
         proto = _export_onnx(module, card, shapes[0], opset, seed)
     verification = _verify(proto, module, card, shapes, atol, seed)
-    rf = _measure(module, card, seed)
+    rf = _measure(module, card, seed) if halo_hint is None else declared_receptive_field(halo_hint, card.input.axes)
 
     card.halo = dict(rf.halo)
     if card.tile_invariant and rf.global_dependency:

@@ -54,6 +54,7 @@ class RFResult:
     global_axes: str = ""
     far_field: dict[str, float] = field(default_factory=dict)
     probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    method: str = "impulse"
 
     @property
     def tile_invariant(self) -> bool:
@@ -67,7 +68,27 @@ class RFResult:
             "threshold": self.threshold,
             "far_field": dict(self.far_field),
             "probe_shapes": {a: list(s) for a, s in self.probe_shapes.items()},
+            "method": self.method,
         }
+
+
+def declared_receptive_field(halo: dict[str, Any], axes: str) -> RFResult:
+    """The RFResult for a halo declared by the architecture (the export module's ``halo_hint`` attribute).
+
+    Used instead of the impulse probe for networks whose probe is too slow (SHINE: dilated rings reach ~160 px, so
+    the probe must be > 320 px long with 64 output phases, which took minutes on a CPU). The family's own tests
+    must prove the declared value against ``measure_receptive_field`` on a cheap copy of the architecture.
+    """
+    tiled = [a for a in axes if a in TILED_AXES]
+    if not isinstance(halo, dict) or sorted(halo) != sorted(tiled):
+        raise ConfigError(f"halo_hint {halo!r} must give one radius per tiled axis {''.join(tiled)!r}.")
+    clean = {}
+    for ax in tiled:
+        v = halo[ax]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"halo_hint[{ax!r}] must be an integer >= 0, got {v!r}.")
+        clean[ax] = int(v)
+    return RFResult(halo=clean, global_dependency=False, threshold=0.0, method="declared")
 
 
 def measure_halo(module: Any, input_shape: tuple[int, ...], axes: str, **kwargs: Any) -> dict[str, int]:

@@ -77,7 +77,7 @@ class CentreWindowProcessor:
         self.frames[self.count] = np.asarray(frame)
         self.count += 1
         out = []
-        while self.next_out + self.half < self.count:
+        while self.count >= self.size and self.next_out + self.half < self.count:
             i = self.next_out
             out.append(self.model.predict_window(self._window(i, None), self.frames[i], **self.kw))
             self.next_out += 1

@@ -237,6 +237,9 @@ class SHINEExport(nn.Module):
         net.dilated_convs_res = nn.ModuleList(m.to_static() for m in model.dilated_convs_res)
         net.upsample_list[0][0] = nn.Identity()
         self.net = net
+        halo = structural_halo(model.config)
+        # Read by export (onnx_export.export_run) in place of the impulse probe; None: export probes.
+        self.halo_hint = None if halo is None else {"y": halo, "x": halo}
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.net.core(frames)
@@ -247,6 +250,18 @@ class SHINEExport(nn.Module):
 
 def build_model(model_config: dict) -> SHINE:
     return SHINE(BlindSpotConfig.from_dict(dict(model_config)))
+
+
+# Receptive-field radius (px) of SHINE per blind radius, measured with export's impulse probe on a filter-4 copy with
+# 5 frames and divisor 8 (the net's period: three 2x poolings); tests/training/test_blindspot_train_halo.py
+# re-measures an entry. One frame reaches no further. SHINEExport.halo_hint carries it to export, which uses it instead
+# of probing the full network (minutes on a CPU: > 320 px probes, 64 output phases, slow dilated convs).
+STRUCTURAL_HALO = {0: 160, 1: 161, 2: 162, 4: 164}
+
+
+def structural_halo(cfg: BlindSpotConfig) -> int | None:
+    """The declared halo for ``cfg``; None for an untabulated blind spot (export then probes)."""
+    return STRUCTURAL_HALO.get(cfg.blind)
 
 
 def card_fields(model_config: dict) -> dict:
