@@ -13,14 +13,13 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
+from scopert.training.importers.state_dict import load_state_dict as read_state_dict
 from scopert.training.models import cnnt
 from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
 
@@ -82,46 +81,9 @@ def model_config_from_seed(seed: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive, or (legacy format, torch < 1.6) a pickle starting with protocol 2."""
-    if zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x80\x02"
-
-
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a raw state dict without running pickled code; strip a DataParallel ``module.`` prefix."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the CNNT .pt (or .pth) file.")
-    if not _looks_like_torch_file(path):
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (neither a zip archive nor a legacy pickle). "
-            "Check the file is complete and is the .pth/.pt the seed saved."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "not only tensors")
-        raise CheckpointError(
-            f"{path} holds Python objects besides tensors ({detail}); ScopeRT loads only plain state dicts "
-            "without running pickled code. Re-save it with torch.save(model.state_dict(), path)."
-        ) from None
-    except Exception as exc:  # truncated archive, damaged pickle, ...
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({exc}). Check the file is complete."
-        ) from None
-    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in ("model_state_dict", "state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}).")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+    """The checkpoint's raw state dict (see ``importers.state_dict``)."""
+    return read_state_dict(path, "the CNNT .pt (or .pth) file")
 
 
 def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, config_where: str) -> dict:
