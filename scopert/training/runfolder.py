@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scopert.errors import CheckpointError, ConfigError
+from scopert.errors import CheckpointError, ConfigError, OutputError
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -61,6 +61,20 @@ def read_run_info(folder: str | os.PathLike) -> RunInfo:
         if key not in data:
             raise ConfigError(f"{path}: the key {key!r} is missing; the run folder is damaged.")
     return RunInfo(folder, data["family"], data["model"], data.get("train", {}), data.get("source", {}))
+
+
+def previous_run(folder: Path, resume: bool, family: str) -> RunInfo | None:
+    """The run already in ``folder`` (to resume), None for a fresh folder; refuses to overwrite a run or to
+    continue another family's run."""
+    if not (folder / RUN_FILE).exists():
+        return None
+    info = read_run_info(folder)
+    if not resume and info.last_checkpoint.exists():
+        raise OutputError(f"{folder} already holds a training run. Resume it, or choose a new output folder "
+                          "(or delete this one) to start over.")
+    if info.family != family:
+        raise ConfigError(f"{folder} holds a {info.family!r} run, not a {family} run; choose another output folder.")
+    return info
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

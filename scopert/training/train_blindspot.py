@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from scopert.errors import ConfigError, InputError, OutputError
+from scopert.errors import ConfigError, InputError
 from scopert.training.frames_data import FrameAugment, FrameSampler, load_frames, validation_items
 from scopert.training.registry import get_family
-from scopert.training.runfolder import RUN_FILE, RunInfo, read_run_info, write_run_info
+from scopert.training.runfolder import previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def train_blindspot_with_result(config: str | os.PathLike | dict[str, Any] | Bli
     """``train_blindspot`` that also returns the TrainResult."""
     cfg = load_blindspot_config(config)
     folder = Path(out_dir)
-    previous = _previous_run(folder, resume)
+    previous = previous_run(folder, resume, FAMILY)
     model_config = blindspot_model_config(cfg)
     family = get_family(FAMILY)
     family.build_model(model_config)  # validates the architecture before reading data
@@ -209,15 +209,3 @@ def _batches(items: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[], Iterato
             yield np.stack([x for x, _ in chunk]), np.stack([y for _, y in chunk])
 
     return batches
-
-
-def _previous_run(folder: Path, resume: bool) -> RunInfo | None:
-    if not (folder / RUN_FILE).exists():
-        return None
-    info = read_run_info(folder)
-    if not resume and info.last_checkpoint.exists():
-        raise OutputError(f"{folder} already holds a training run. Resume it, or choose a new output folder "
-                          "(or delete this one) to start over.")
-    if info.family != FAMILY:
-        raise ConfigError(f"{folder} holds a {info.family!r} run, not a blindspot run; choose another output folder.")
-    return info

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from scopert.errors import ConfigError, OutputError
+from scopert.errors import ConfigError
 from scopert.training.cnnt_data import (
     MoviePatchSampler,
     Scaling,
@@ -39,7 +39,7 @@ from scopert.training.cnnt_data import (
 from scopert.training.cnnt_losses import combined_loss, psnr_clipped
 from scopert.training.models.cnnt import CnntConfig
 from scopert.training.registry import get_family
-from scopert.training.runfolder import RUN_FILE, RunInfo, read_run_info, write_run_info
+from scopert.training.runfolder import previous_run, read_run_info, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def train_cnnt_with_result(config: str | os.PathLike | dict[str, Any] | CnntTrai
     """``train_cnnt`` that also returns the TrainResult (epochs run, best loss, history, time)."""
     cfg = load_cnnt_config(config)
     folder = Path(out_dir)
-    previous = _previous_run(folder, resume)
+    previous = previous_run(folder, resume, FAMILY)
     model_config = cfg.model_config()
     if previous is not None and previous.model_config != model_config:
         raise ConfigError(f"{folder} holds a cnnt run with model config {previous.model_config}, but this config "
@@ -353,18 +353,6 @@ def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> None:
     state = match_state_dict(model, load_state_dict(p), f"load_path {p}", "the training config")
     model.load_state_dict(state, strict=False)
     log.info("fine-tuning from %s (%d tensors loaded)", p, len(state))
-
-
-def _previous_run(folder: Path, resume: bool) -> RunInfo | None:
-    if not (folder / RUN_FILE).exists():
-        return None
-    info = read_run_info(folder)
-    if not resume and info.last_checkpoint.exists():
-        raise OutputError(f"{folder} already holds a training run. Resume it, or choose a new output folder "
-                          "(or delete this one) to start over.")
-    if info.family != FAMILY:
-        raise ConfigError(f"{folder} holds a {info.family!r} run, not a cnnt run; choose another output folder.")
-    return info
 
 
 __all__ = ["CnntTrainConfig", "load_cnnt_config", "train_cnnt", "train_cnnt_with_result", "load_backbone",

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from scopert.errors import ConfigError, OutputError
+from scopert.errors import ConfigError
 from scopert.training.data import (
     PairData,
     PatchSampler,
@@ -30,7 +30,7 @@ from scopert.training.data import (
 from scopert.training.losses import SSIM_WINDOW, get_loss, get_metrics
 from scopert.training.rcan_config import RcanTrainConfig, load_rcan_config
 from scopert.training.registry import get_family
-from scopert.training.runfolder import RUN_FILE, RunInfo, read_run_info, write_run_info
+from scopert.training.runfolder import previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings, keras_adam, staircase_decay
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def train_rcan_with_result(config: str | os.PathLike | dict[str, Any] | RcanTrai
     """``train_rcan`` that also returns the TrainResult (epochs run, best loss, history, time)."""
     cfg = load_rcan_config(config)
     folder = Path(out_dir)
-    previous = _previous_run(folder, resume)
+    previous = previous_run(folder, resume, FAMILY)
 
     train_data = load_pairs(collect_pairs(cfg.training_data_dir, cfg.training_image_pairs, "training"))
     val_data = load_pairs(collect_pairs(cfg.validation_data_dir, cfg.validation_image_pairs, "validation"))
@@ -119,23 +119,6 @@ def rcan_model_config(cfg: RcanTrainConfig, ndim: int, patch: tuple[int, ...]) -
         "num_output_channels": 1,
         "input_shape": list(patch),
     }
-
-
-def _previous_run(folder: Path, resume: bool) -> RunInfo | None:
-    """The run already in ``folder`` (to resume), None for a fresh folder; refuses to overwrite a run."""
-    if not (folder / RUN_FILE).exists():
-        return None
-    info = read_run_info(folder)
-    if not resume and info.last_checkpoint.exists():
-        raise OutputError(
-            f"{folder} already holds a training run. Resume it, or choose a new output folder "
-            "(or delete this one) to start over."
-        )
-    if info.family != FAMILY:
-        raise ConfigError(
-            f"{folder} holds a {info.family!r} run, not an rcan run; choose another output folder."
-        )
-    return info
 
 
 def _validation_batches(val_data: list[PairData], seed: int, cfg: RcanTrainConfig,

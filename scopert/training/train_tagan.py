@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopert.errors import ConfigError, OutputError
+from scopert.errors import ConfigError
 from scopert.training.models import tagan
-from scopert.training.runfolder import RUN_FILE, RunInfo, read_run_info, save_checkpoint, write_run_info
+from scopert.training.runfolder import previous_run, RunInfo, save_checkpoint, write_run_info
 from scopert.training.tagan_config import TaganTrainConfig, load_tagan_config
 from scopert.training.tagan_data import (
     CropSampler,
@@ -244,14 +244,9 @@ def load_images(cfg: TaganTrainConfig, phase: str, label: str) -> list[TaganImag
 
 
 def _previous_run(folder: Path, resume: bool) -> RunInfo | None:
-    if not (folder / RUN_FILE).exists():
-        return None
-    info = read_run_info(folder)
-    if not resume and info.last_checkpoint.exists():
-        raise OutputError(f"{folder} already holds a training run. Resume it, or choose a new output folder "
-                          "(or delete this one) to start over.")
-    if info.family != FAMILY or info.source.get("format") != "scopert-train":
-        raise ConfigError(f"{folder} holds a {info.family!r} run ({info.source.get('format', '?')}), not a TA-GAN "
+    info = previous_run(folder, resume, FAMILY)
+    if info is not None and info.source.get("format") != "scopert-train":
+        raise ConfigError(f"{folder} holds an imported TA-GAN run ({info.source.get('format', '?')}), not a "
                           "training run; choose another output folder.")
     return info
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from scopert.errors import ConfigError, OutputError
+from scopert.errors import ConfigError
 from scopert.training.importers.pytorch3dunet import model_config_from_yaml, to_plain
 from scopert.training.registry import get_family
-from scopert.training.runfolder import RUN_FILE, RunInfo, read_run_info, write_run_info
+from scopert.training.runfolder import previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 from scopert.training.unet_config import UNetTrainConfig, load_unet_config
 from scopert.training.unet_data import UNetPatchSource, load_phase, validation_batches
@@ -53,7 +53,7 @@ def train_unet_with_result(config_path: str | os.PathLike | dict[str, Any], out_
     cfg = load_unet_config(config_path)
     where = str(config_path) if not isinstance(config_path, dict) else "config"
     folder = Path(out_dir)
-    previous = _previous_run(folder, resume)
+    previous = previous_run(folder, resume, FAMILY)
 
     model_config = model_config_from_yaml(cfg.raw, where)
     family = get_family(FAMILY)
@@ -198,15 +198,3 @@ def _check_channels(volumes: list, arch: Any, where: str) -> None:
         if vol.raw.shape[0] != arch.in_channels:
             raise ConfigError(f"{where}: {vol.path} has {vol.raw.shape[0]} raw channel(s) but model.in_channels is "
                               f"{arch.in_channels}; make them agree.")
-
-
-def _previous_run(folder: Path, resume: bool) -> RunInfo | None:
-    if not (folder / RUN_FILE).exists():
-        return None
-    info = read_run_info(folder)
-    if not resume and info.last_checkpoint.exists():
-        raise OutputError(f"{folder} already holds a training run. Resume it, or choose a new output folder "
-                          "(or delete this one) to start over.")
-    if info.family != FAMILY:
-        raise ConfigError(f"{folder} holds a {info.family!r} run, not a unet run; choose another output folder.")
-    return info
