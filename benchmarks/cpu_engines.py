@@ -1,8 +1,9 @@
 """CPU engines side by side: torch eager FP32, ORT FP32, OpenVINO f32 and OpenVINO bf16 (issue 7).
 
-Workloads (random weights; accuracy reported against torch FP32): the rcan family in 3D on a 1x1x16x128x128
-tile, the unet family (UNet3D, GroupNorm, f_maps 16, 4 levels) on 1x1x32x128x128, and a CARE-like 2D U-Net on
-1x1x1024x1024. Engines alternate within each repeat (min of repeats), so the ratios hold on a loaded machine.
+Workloads (random weights; accuracy reported against torch FP32): every landed family at its default
+size - rcan in 3D on a 1x1x16x128x128 tile, unet (UNet3D, GroupNorm, f_maps 16, 4 levels) on 1x1x32x128x128,
+blindspot (SHINE 3x3, 3 frames) on 512x512, tagan (ResNet-9 generator) on 256x256, cnnt (16 frames) on 128x128 -
+and a CARE-like 2D U-Net on 1x1x1024x1024. Engines alternate within each repeat (min of repeats), so the ratios hold on a loaded machine.
 Then a tile/batch sweep of OpenVINO f32 on the 2D model with the tile an auto-tuner would pick (fastest
 Mvox/s), the raw-backend vs ``predict`` (pipeline) efficiency, and end to end ``predict`` with OpenVINO
 against MONAI ``sliding_window_inference`` (torch FP32) at the same tile and overlap on a 3D volume.
@@ -34,7 +35,7 @@ from scopert.card import ModelCard, Normalization, TensorSpec  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.backends.ort import OrtBackend  # noqa: E402
-from scopert.runtime.bench import bench_pipeline  # noqa: E402
+from scopert.runtime.bench import bench_pipeline, tune_tile  # noqa: E402
 from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
 
 THREADS = os.cpu_count() or 1
@@ -66,15 +67,29 @@ def build_models() -> dict[str, dict]:
     from scopert.training.models.rcan import default_model_config
     from scopert.training.models.unet import build_model as build_unet
     from scopert.training.models.unet import export_module as unet_export
+    from scopert.training.registry import get_family
 
     torch.manual_seed(0)
     rcan = build_rcan(default_model_config(3)).eval()
     ucfg = {"name": "UNet3D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "num_groups": 8, "num_levels": 4,
             "final_sigmoid": False, "is_segmentation": False}
     unet = unet_export(build_unet(ucfg), ucfg).eval()
+
+    def family_module(name: str, cfg: dict):
+        fam = get_family(name)
+        model = fam.build_model(cfg)
+        return (fam.export_module(model, cfg) if fam.export_module else model).float().eval()
+
     return {
         "rcan3d": {"module": rcan, "tile": (1, 1, 16, 128, 128), "axes": "bczyx", "halo": 8, "divisor": 1},
-        "unet3d_gn": {"module": unet, "tile": (1, 1, 32, 128, 128), "axes": "bczyx", "halo": 16, "divisor": 8},
+        # halo 0: the MONAI comparison then runs exactly MONAI's windows (same tile, same overlap)
+        "unet3d_gn": {"module": unet, "tile": (1, 1, 32, 128, 128), "axes": "bczyx", "halo": 0, "divisor": 8},
+        "blindspot2d": {"module": family_module("blindspot", {"name": "3x3_blind", "frame_num": 3}),
+                        "tile": (1, 3, 512, 512), "axes": "btyx", "halo": 16, "divisor": 64, "time_window": 3},
+        "tagan2d": {"module": family_module("tagan", {}), "tile": (1, 1, 256, 256), "axes": "bcyx", "halo": 32,
+                    "divisor": 4},
+        "cnnt2dt": {"module": family_module("cnnt", {}), "tile": (1, 16, 1, 128, 128), "axes": "btcyx", "halo": 16,
+                    "divisor": 4, "time_window": 16},
         "care2d": {"module": Care2D().eval(), "tile": (1, 1, 1024, 1024), "axes": "bcyx", "halo": 16, "divisor": 4},
     }
 
@@ -87,11 +102,13 @@ def export(spec: dict, path: Path) -> None:
     names = {0: "b"} | {i + 2: f"s{i}" for i in range(len(spec["tile"]) - 2)}
     torch.onnx.export(spec["module"], x, str(path), input_names=["input"], output_names=["output"], opset_version=17,
                       dynamic_axes={"input": names, "output": names}, dynamo=False)
-    spatial = axes[2:]
+    spatial = axes[-3:] if "z" in axes else axes[-2:]
+    window = spec.get("time_window")
     card = ModelCard(family="bench", name=path.stem,
                      input=TensorSpec("input", axes, divisor={a: spec["divisor"] for a in spatial}
-                                      if spec["divisor"] > 1 else {}),
-                     output=TensorSpec("output", axes), halo={a: spec["halo"] for a in spatial},
+                                      if spec["divisor"] > 1 else {}, time_window=window),
+                     output=TensorSpec("output", axes if not window or "c" in axes else "bcyx"),
+                     halo={a: spec["halo"] for a in spatial},
                      tile_invariant=False, normalization=Normalization(kind="percentile", pmin=1.0, pmax=99.8))
     card.validate()
     proto = onnx.load(str(path))
@@ -102,10 +119,11 @@ def export(spec: dict, path: Path) -> None:
 def micro_tile(shape, seed=0) -> np.ndarray:
     """A microscopy-like tile: Gaussian blobs, background, Poisson and read noise, percentile-normalized."""
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape[2:]], indexing="ij")
-    img = np.full(shape[2:], 5.0, np.float32)
+    spatial = tuple(n for n in shape[2:] if n > 1)  # a singleton channel axis (btcyx) is broadcast
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in spatial], indexing="ij")
+    img = np.full(spatial, 5.0, np.float32)
     for _ in range(40):
-        c = [rng.uniform(0, n) for n in shape[2:]]
+        c = [rng.uniform(0, n) for n in spatial]
         r2 = sum((g - ci) ** 2 for g, ci in zip(grids, c))
         img += rng.uniform(20, 80) * np.exp(-r2 / (2 * rng.uniform(2, 6) ** 2))
     img = rng.poisson(img * 50 / img.max() * 10).astype(np.float32) + rng.normal(0, 2, img.shape).astype(np.float32)
@@ -163,21 +181,15 @@ def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_o
 
 
 def sweep_2d(path: Path, repeats: int, quick: bool) -> dict:
-    """OpenVINO f32 on the 2D model over tile sizes and batches; the auto-tuner's pick is the fastest Mvox/s."""
-    b = OpenVinoBackend(path, threads=THREADS)
-    rows = []
-    for tile in ((256, 512) if quick else (128, 256, 512, 1024)):
-        for batch in ((1, 2) if quick else (1, 2, 4)):
-            if tile * tile * batch > 1024 * 1024 * 2:
-                continue
-            x = micro_tile((batch, 1, tile, tile))
-            b.run(x)
-            t = time_min(lambda: b.run(x), repeats)
-            rows.append({"tile": tile, "batch": batch, "seconds": round(t, 4),
-                         "mvox_s": round(batch * tile * tile / t / 1e6, 3)})
-            print(f"sweep 2D tile {tile} batch {batch}: {rows[-1]['mvox_s']} Mvox/s", flush=True)
-    best = max(rows, key=lambda r: r["mvox_s"])
-    return {"rows": rows, "auto_tuner_pick": best}
+    """``tune_tile`` (the auto-tuner of ``scopert bench --tune``) on the 2D model with OpenVINO f32, for a
+    2048x2048 image: every tile/batch row and the pick (most output voxels per second after the halo)."""
+    model = load(path, backend="openvino")
+    scales = (1.0, 2.0) if quick else (0.5, 1.0, 2.0, 4.0)
+    result = tune_tile(model, {"y": 2048, "x": 2048}, scales=scales, repeats=repeats)
+    for r in result["rows"]:
+        print(f"sweep 2D tile {r['tile']} batch {r['batch']}: {r['core_voxels_per_s'] / 1e6:.3f} Mvox/s (core)",
+              flush=True)
+    return result
 
 
 def apply_vs_monai(spec: dict, path: Path, repeats: int, quick: bool) -> dict:
@@ -206,8 +218,7 @@ def apply_vs_monai(spec: dict, path: Path, repeats: int, quick: bool) -> dict:
     eff = bench_pipeline(model, shape, tile, batch=1, stitch="crop", repeats=repeats, volume=vol)
     return {"volume": list(shape), "tile": list(tile), "overlap": overlap, "scopert_openvino_s": round(t_ours, 3),
             "monai_torch_s": round(t_monai, 3), "x_monai": round(t_monai / t_ours, 3),
-            "psnr_vs_monai_db": round(psnr_db(ref, ours), 1), "tiles_scopert": model.last_stats.tiles if False else None,
-            "pipeline_efficiency_crop": eff["pipeline_efficiency"], "raw_s": eff["raw_seconds"],
+            "psnr_vs_monai_db": round(psnr_db(ref, ours), 1), "pipeline_efficiency_crop": eff["pipeline_efficiency"], "raw_s": eff["raw_seconds"],
             "pipeline_s": eff["pipeline_seconds"]}
 
 
@@ -225,9 +236,12 @@ def write_results(result: dict, out_dir: Path) -> None:
         for k, note in row["notes"].items():
             lines.append(f"| {w} | {k} | – | – | – | {note} |")
     sw = result["sweep_2d"]
-    lines += ["", "## Tile/batch sweep (OpenVINO f32, 2D)", "", "| tile | batch | s | Mvox/s |", "|---|---|---|---|"]
-    lines += [f"| {r['tile']} | {r['batch']} | {r['seconds']} | {r['mvox_s']} |" for r in sw["rows"]]
-    lines += [f"", f"Auto-tuner pick: tile {sw['auto_tuner_pick']['tile']}, batch {sw['auto_tuner_pick']['batch']}."]
+    if sw:
+        lines += ["", "## Tile/batch sweep (OpenVINO f32, 2D model, 2048x2048 image; `scopert bench --tune`)", "",
+                  "| tile (with halo) | batch | s per batch | output Mvox/s after the halo |", "|---|---|---|---|"]
+        lines += [f"| {r['tile']} | {r['batch']} | {r['seconds']} | {r['core_voxels_per_s'] / 1e6:.3f} |"
+                  for r in sw["rows"]]
+        lines += ["", f"Auto-tuner pick: tile {sw['pick']['tile']}, batch {sw['pick']['batch']}."]
     if result.get("apply_vs_monai"):
         a = result["apply_vs_monai"]
         lines += ["", "## End to end: predict (OpenVINO f32, blend) vs MONAI sliding_window_inference (torch FP32)", "",
@@ -262,7 +276,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="Smaller sweep and volume.")
-    ap.add_argument("--only", help="Comma-separated workloads (rcan3d, unet3d_gn, care2d).")
+    ap.add_argument("--only", help="Comma-separated workloads (rcan3d, unet3d_gn, blindspot2d, tagan2d, cnnt2dt, care2d).")
     ap.add_argument("--no-monai", action="store_true")
     args = ap.parse_args()
     caps = cpu_caps()
@@ -286,7 +300,7 @@ def main() -> None:
         if "care2d" in paths:
             result["sweep_2d"] = sweep_2d(paths["care2d"], args.repeats, args.quick)
         else:
-            result["sweep_2d"] = {"rows": [], "auto_tuner_pick": {"tile": None, "batch": None}}
+            result["sweep_2d"] = {}
         if not args.no_monai and "unet3d_gn" in paths:
             result["apply_vs_monai"] = apply_vs_monai(specs["unet3d_gn"], paths["unet3d_gn"], max(1, args.repeats - 1),
                                                       args.quick)

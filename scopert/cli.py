@@ -215,12 +215,13 @@ def export(run_folder, out_path, opset, fp16, calib, safety_factor) -> None:
     click.echo(f"{out_path}: max |ONNX - PyTorch| = {err:.2e}, halo {card.halo}, "
                f"tile-invariant {card.tile_invariant}", err=True)
     if fp16:
-        from scopert.export.precision import convert_fp16
+        from scopert.export.precision import convert_fp16, describe_half
 
         res = convert_fp16(out_path, Path(out_path).with_suffix(".fp16.onnx"), list(calib) or None,
                            safety_factor=safety_factor)
         click.echo(f"{res.path}: {len(res.plan.islands)} FP32 islands, predicted PSNR vs FP32 "
-                   f"{res.report.psnr_db:.1f} dB, {res.report.nonfinite_fp16} NaN/Inf", err=True)
+                   f"{res.report.psnr_db:.1f} dB, {res.report.nonfinite_fp16} NaN/Inf (ORT CPU); "
+                   f"{describe_half(res.report.torch_half)}", err=True)
 
 
 @cli.command()

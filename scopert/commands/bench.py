@@ -24,11 +24,20 @@ def camera_verdicts(voxels_per_s: float, user_mb_s: float | None) -> dict[str, s
             for name, need in rates.items()}
 
 
+def default_shape(tiled_axes: str) -> tuple[int, ...]:
+    """A typical acquisition for the model's tiled axes: a 3D stack, a 2048^2 camera frame, or a movie."""
+    sizes = {"z": 64, "t": 64, "y": 512 if "z" in tiled_axes else (1024 if "t" in tiled_axes else 2048)}
+    sizes["x"] = sizes["y"]
+    return tuple(sizes[a] for a in tiled_axes)
+
+
 @click.command()
 @click.argument("model_path", type=click.Path(exists=True))
-@click.option("--shape", default="64,512,512", help="Volume shape for the pipeline figure.")
+@click.option("--shape", help="Shape of the synthetic input for the pipeline figure, in the model's tiled axes "
+                               "(default: 64,512,512 for 3D, 2048,2048 for 2D, 64 frames of 1024x1024 for 2D+t).")
 @click.option("-B", "--tile", help="Tile shape (default: the model's).")
 @click.option("--batch", type=int, default=1)
+@click.option("--tune", is_flag=True, help="Sweep tile sizes and batches first; bench the fastest (core voxels/s).")
 @click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
 @click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto")
@@ -38,31 +47,38 @@ def camera_verdicts(voxels_per_s: float, user_mb_s: float | None) -> dict[str, s
 @click.option("--gate-db", type=float, default=45.0, show_default=True, help="bf16 gate: minimum PSNR vs f32.")
 @click.option("--rate", "user_rate", type=float, help="Your camera's data rate in MB/s for a second verdict.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
-def bench(model_path, shape, tile, batch, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
+def bench(model_path, shape, tile, batch, tune, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
           json_path) -> None:
     """Backend and pipeline throughput for one model, and whether it keeps up with a camera."""
+    import numpy as np
+
     from scopert.runtime import load
-    from scopert.runtime.bench import bench_pipeline
+    from scopert.runtime.bench import bench_pipeline, tune_tile
 
     volume = None
     if data_path:
         from scopert.runtime.io import read_image
 
         with read_image(data_path) as img:
-            import numpy as np
-
             volume = np.asarray(img.array)
     if volume is not None:
-        import numpy as np
-
-        from scopert.card import read_sidecar  # noqa: F401  (cheap; the card is read by load)
         spatial = len(load(model_path, backend="ort", device="cpu").in_layout.tiled)
         while volume.ndim > spatial:  # a stack of images: bench on the first one
             volume = np.asarray(volume[0])
     model = load(model_path, backend=backend, precision=precision, calibration=volume, gate_db=gate_db)
-    shp = volume.shape if volume is not None else parse_ints(shape, "--shape")
-    result = bench_pipeline(model, shp, parse_ints(tile, "-B"), batch=batch, stitch=stitch, repeats=repeats,
-                            volume=volume)
+    shp = volume.shape if volume is not None else (parse_ints(shape, "--shape") or default_shape(model.in_layout.tiled))
+    tile_sizes = parse_ints(tile, "-B")
+    sweep = None
+    if tune:
+        internal, _, _ = model.prepare(volume if volume is not None else np.zeros(shp, np.uint16))
+        sweep = tune_tile(model, dict(zip(model.in_layout.tiled, internal.shape[1:])))
+        tile_sizes, batch = tuple(sweep["pick"]["tile"].values()), sweep["pick"]["batch"]
+        for row in sweep["rows"]:
+            click.echo(f"  tile {row['tile']} batch {row['batch']}: {row['core_voxels_per_s'] / 1e6:.2f} Mvox/s (core)")
+        click.echo(f"  auto-tuner pick: tile {sweep['pick']['tile']}, batch {batch}")
+    result = bench_pipeline(model, shp, tile_sizes, batch=batch, stitch=stitch, repeats=repeats, volume=volume)
+    if sweep is not None:
+        result["tile_sweep"] = sweep
     result["chosen"] = {"backend": model.backend.info.name, "precision": model.backend.info.precision,
                         "why": model.backend.info.reason}
     gate = getattr(model, "precision_decision", None)

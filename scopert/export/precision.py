@@ -9,10 +9,12 @@ Steps (``convert_fp16``):
    attention, values within ``safety_factor`` of 65504, ops without an FP16 rule), grouped into islands;
 4. our own converter: FP16 nodes and initializers, Cast nodes at island borders, FP32 graph inputs/outputs;
 5. predicted error: FP16 ONNX vs FP32 ONNX on ORT CPU (weight rounding only: ORT runs FP16 nodes in FP32),
-   plus a numpy float16 emulation of elementwise overflow on the tensors that became FP16.
+   a numpy float16 emulation of elementwise overflow on the tensors that became FP16, and, where torch is
+   installed, the FP16 graph evaluated in torch float16 on one small tile (``half_emulation``: FP16 storage
+   of every intermediate, as on a GPU).
 
 Imports numpy, onnx, onnxruntime, ``scopert.card``, ``scopert.errors`` and the numpy-only
-``scopert.runtime.normalize``; must not import torch (the plan is made without it).
+``scopert.runtime.normalize``; torch is optional (only the half emulation uses it).
 """
 
 from __future__ import annotations
@@ -129,7 +131,21 @@ class Fp16Report:
     emulated_overflow: int  # elements of FP16-assigned tensors that float16 rounding turns into inf
     emulated_overflow_tensors: list[str]
     tiles: int
-    method: str = "ORT CPU FP16 graph (weight rounding) + numpy float16 overflow emulation of FP16 tensors"
+    torch_half: "HalfEmulation | None" = None
+    method: str = ("ORT CPU FP16 graph (weight rounding) + numpy float16 overflow emulation of FP16 tensors + "
+                   "torch float16 evaluation of the FP16 graph on one tile")
+
+
+@dataclass
+class HalfEmulation:
+    """The FP16 graph evaluated in torch float16 on one tile, against FP32 (``ran`` False: ``note`` says why)."""
+
+    ran: bool
+    note: str = ""
+    tile_shape: list[int] = field(default_factory=list)
+    psnr_db: float | None = None
+    max_abs_error: float | None = None
+    nonfinite: int = 0
 
 
 # ---- calibration data ----------------------------------------------------------------------------------
@@ -651,12 +667,7 @@ def predict_fp16_error(fp32_model: Any, fp16_model: Any, tiles: np.ndarray, inpu
         refs.append(s32.run([out_name], {input_name: tile[None]})[0].astype(np.float64))
         gots.append(s16.run([out_name], {input_name: tile[None]})[0].astype(np.float64))
     ref, got = np.concatenate([r.ravel() for r in refs]), np.concatenate([g.ravel() for g in gots])
-    bad16, bad32 = int(np.sum(~np.isfinite(got))), int(np.sum(~np.isfinite(ref)))
-    ok = np.isfinite(got)
-    err = np.abs(got[ok] - ref[ok]) if ok.any() else np.array([np.inf])
-    peak = float(ref.max() - ref.min()) or 1.0
-    mse = float(np.mean(err ** 2))
-    psnr = float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
+    psnr, max_err, bad16 = _compare(ref, got)
     # numpy float16 emulation: values of tensors that run in FP16, rounded to float16
     half_tensors = _fp16_tensor_names(fp32_model, plan)
     overflow, where = 0, []
@@ -669,9 +680,59 @@ def predict_fp16_error(fp32_model: Any, fp16_model: Any, tiles: np.ndarray, inpu
             if n:
                 overflow += n
                 where.append(name)
-    return Fp16Report(psnr_db=psnr, max_abs_error=float(err.max()) if err.size else 0.0, nonfinite_fp16=bad16,
-                      nonfinite_fp32=bad32, emulated_overflow=overflow, emulated_overflow_tensors=where,
-                      tiles=int(len(tiles)))
+    return Fp16Report(psnr_db=psnr, max_abs_error=max_err, nonfinite_fp16=bad16,
+                      nonfinite_fp32=int(np.sum(~np.isfinite(ref))), emulated_overflow=overflow,
+                      emulated_overflow_tensors=where, tiles=int(len(tiles)),
+                      torch_half=emulate_in_torch_half(fp16_model, tiles[:1], input_name, refs[0]))
+
+
+def _compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, int]:
+    """PSNR (peak: the reference's range) and max abs error over the finite values, and the non-finite count."""
+    ref, got = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    ok = np.isfinite(got)
+    err = np.abs(got[ok] - ref[ok]) if ok.any() else np.array([np.inf])
+    peak = float(ref.max() - ref.min()) or 1.0
+    mse = float(np.mean(err ** 2))
+    psnr = float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
+    return psnr, float(err.max()) if err.size else 0.0, int(np.sum(~ok))
+
+
+def emulate_in_torch_half(fp16_model: Any, tile: np.ndarray, input_name: str, ref: np.ndarray) -> HalfEmulation:
+    """Run the strongly typed graph in torch float16 (ORT CPU would compute it in FP32) and compare to FP32."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return HalfEmulation(ran=False, note="torch is not installed; the ORT CPU prediction stands alone")
+    from scopert.export.half_emulation import NotEmulated, run_graph
+
+    try:
+        got = run_graph(fp16_model, {input_name: tile.astype(np.float32)})[0]
+    except NotEmulated as exc:
+        log.warning("torch half emulation not run: %s", exc)
+        return HalfEmulation(ran=False, note=f"not emulated: {exc}")
+    psnr, max_err, bad = _compare(ref, got)
+    return HalfEmulation(ran=True, tile_shape=list(tile.shape), psnr_db=psnr, max_abs_error=max_err, nonfinite=bad)
+
+
+def predict_bf16(onnx_path: str | os.PathLike, tiles: np.ndarray) -> HalfEmulation:
+    """bf16 accuracy without a bf16 CPU: the FP32 graph in torch with every float tensor stored as bfloat16,
+    against ORT FP32, on ``tiles`` (normalized, model layout, batch first). Pessimistic: OpenVINO's bf16 mode
+    keeps some ops in f32. It predicts the accuracy gate; the gate itself is measured on the backend."""
+    import onnx
+    import onnxruntime as ort
+
+    from scopert.export.half_emulation import NotEmulated, run_graph
+
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    try:
+        got = np.concatenate([run_graph(model, {name: t[None]}, store_floats_as="bfloat16")[0] for t in tiles])
+    except NotEmulated as exc:
+        return HalfEmulation(ran=False, note=f"not emulated: {exc}")
+    ref = np.concatenate([session.run(None, {name: t[None]})[0] for t in tiles])
+    psnr, max_err, bad = _compare(ref, got)
+    return HalfEmulation(ran=True, tile_shape=list(tiles.shape), psnr_db=psnr, max_abs_error=max_err, nonfinite=bad)
 
 
 def _fp16_tensor_names(model: Any, plan: PrecisionPlan) -> list[str]:
@@ -737,9 +798,17 @@ def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cali
     except Exception as exc:
         raise RunError(f"the FP16 graph fails onnx.checker ({exc}); report this with the model.") from exc
     _write_atomic(fp16, out)
-    log.info("FP16 %s: %d FP16 / %d FP32 nodes in %d islands, PSNR %.1f dB vs FP32, %d NaN/Inf", out,
-             len(plan.fp16_nodes), len(plan.fp32_nodes), len(plan.islands), report.psnr_db, report.nonfinite_fp16)
+    log.info("FP16 %s: %d FP16 / %d FP32 nodes in %d islands, PSNR %.1f dB vs FP32, %d NaN/Inf; %s", out,
+             len(plan.fp16_nodes), len(plan.fp32_nodes), len(plan.islands), report.psnr_db, report.nonfinite_fp16,
+             describe_half(report.torch_half))
     return Fp16Result(out, card, plan, report)
+
+
+def describe_half(half: HalfEmulation | None) -> str:
+    if half is None or not half.ran:
+        return f"torch float16 emulation not run ({half.note if half else 'no tile'})"
+    return (f"torch float16 emulation on {half.tile_shape}: PSNR {half.psnr_db:.1f} dB, max err "
+            f"{half.max_abs_error:.2g}, {half.nonfinite} NaN/Inf")
 
 
 def _check_tiles(tiles: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -11,8 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from scopert.errors import ConfigError
 from scopert.runtime.model import Model, tile_input
 from scopert.runtime.stitch import SlabSink
+from scopert.runtime.tiling import round_up
+
+TUNE_SCALES = (0.5, 1.0, 2.0)
+TUNE_BATCHES = (1, 2, 4)
+TUNE_MAX_VOXELS = 1 << 24  # per batch: keeps a sweep within a few hundred MB
 
 
 class _NullSink:
@@ -21,7 +27,7 @@ class _NullSink:
 
 
 def synthetic_volume(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """A uint16 volume of Poisson counts over smooth structure, like a fluorescence acquisition."""
+    """A uint16 volume of random counts (200..2000): throughput does not depend on the content."""
     rng = np.random.default_rng(seed)
     base = rng.integers(200, 2000, size=shape, dtype=np.uint16)
     return base
@@ -64,3 +70,47 @@ def bench_pipeline(model: Model, shape: tuple[int, ...], tile: tuple[int, ...] |
         "stage_waits_s": {k: round(v.wait_in, 3) for k, v in stats.stages.items()} if stats else {},
         "repeats": repeats,
     }
+
+
+def tune_tile(model: Model, shape: dict[str, int], scales: tuple[float, ...] = TUNE_SCALES,
+              batches: tuple[int, ...] = TUNE_BATCHES, repeats: int = 2) -> dict[str, Any]:
+    """Pick the tile and batch that write the most output voxels per second on this backend.
+
+    Candidates scale the model's default tile (every tiled axis but time, which is the model's window) and
+    keep the divisor and a core of at least half the tile after the halo. Each runs as one raw batch
+    (warm-up, then the best of ``repeats``); the figure counts only the core a crop stitcher keeps, so
+    small tiles pay for their halo. Returns every row and the pick.
+    """
+    card = model.card
+    base = model.default_tile(shape)
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    rng = np.random.default_rng(0)
+    for scale in scales:
+        tile = {}
+        for ax, size in base.items():
+            d, h = card.input.divisor.get(ax, 1), card.halo.get(ax, 0)
+            want = size if ax == "t" else max(int(size * scale), 4 * h + d)
+            tile[ax] = min(round_up(want, d), round_up(shape[ax] + 2 * h, d))
+        for batch in batches:
+            key = (tuple(tile.values()), batch)
+            if key in seen or batch * int(np.prod(list(tile.values()))) > TUNE_MAX_VOXELS:
+                continue
+            seen.add(key)
+            channels = card.input.channels if "c" in card.input.axes else 1
+            x = rng.uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
+            x = model.in_layout.to_model(x)
+            model.backend.run(x)  # warm-up: compile, allocate
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.backend.run(x)
+                best = min(best, time.perf_counter() - t0)
+            core = int(np.prod([max(n - 2 * card.halo.get(ax, 0), 1) if ax != "t" else 1
+                                for ax, n in tile.items()]))
+            rows.append({"tile": dict(tile), "batch": batch, "seconds": round(best, 4),
+                         "core_voxels_per_s": round(batch * core / best)})
+    if not rows:
+        raise ConfigError(f"no tile candidate fits a batch of {TUNE_MAX_VOXELS} voxels; pass --tile and --batch.")
+    pick = max(rows, key=lambda r: r["core_voxels_per_s"])
+    return {"rows": rows, "pick": pick}

@@ -21,7 +21,7 @@ from scopert.runtime.backends import open_backend
 from scopert.runtime.io import check_array
 from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, to_internal
 from scopert.runtime.normalize import AppliedNormalization, fit_normalization
-from scopert.runtime.pipeline import PipelineStats, run_pipeline
+from scopert.runtime.pipeline import Inference, PipelineStats, run_pipeline
 from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, SlabSink
 from scopert.runtime.tiling import TilePlan, plan_tiles, round_up
 
@@ -160,10 +160,10 @@ class Model:
 
         checked = {}
 
-        def infer(batch: np.ndarray) -> np.ndarray:
-            out = self.out_layout.from_model(self.backend.run(self.in_layout.to_model(batch)))
+        def to_tiles(model_out: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+            out = self.out_layout.from_model(model_out)
             if not checked:
-                want = (rp.out_channels,) + tuple(int(round(n * ap.scale)) for n, ap in zip(batch.shape[2:], plan.plans))
+                want = (rp.out_channels,) + tuple(int(round(n * ap.scale)) for n, ap in zip(in_shape[2:], plan.plans))
                 if tuple(out.shape[1:]) != want:
                     raise CardError(
                         f"the model returned a tile of shape {tuple(out.shape[1:])} where the card promises {want} "
@@ -172,6 +172,13 @@ class Model:
                 checked["ok"] = True
             return out
 
+        in_flight = int(getattr(self.backend, "max_in_flight", 1))
+        if in_flight > 1:  # a backend with several slots: keep them all busy (see pipeline.Inference)
+            infer = Inference(lambda batch: (self.backend.submit(self.in_layout.to_model(batch)), batch.shape),
+                              lambda sent: to_tiles(self.backend.collect(sent[0]), sent[1]), in_flight)
+        else:
+            infer = Inference.blocking(
+                lambda batch: to_tiles(self.backend.run(self.in_layout.to_model(batch)), batch.shape))
         stats = run_pipeline(plan, read_tile, infer, make_stitcher, sink, batch=rp.batch, on_tile=progress)
         self.last_stats = stats
         return stats

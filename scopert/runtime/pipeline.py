@@ -13,7 +13,8 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections import deque
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,6 +58,24 @@ class PipelineStats:
         return "; ".join(parts)
 
 
+@dataclass
+class Inference:
+    """How the infer stage drives a backend: ``submit`` a batch, later ``collect`` its output.
+
+    Up to ``in_flight`` batches are outstanding, so a backend with several slots (TensorRT: own context,
+    stream and pinned buffers per slot) overlaps the copy-in, compute and copy-out of consecutive batches.
+    ``Inference.blocking(fn)`` wraps a plain call (ORT, OpenVINO: they overlap within a batch themselves).
+    """
+
+    submit: Callable[[np.ndarray], Any]
+    collect: Callable[[Any], np.ndarray]
+    in_flight: int = 1
+
+    @classmethod
+    def blocking(cls, fn: Callable[[np.ndarray], np.ndarray]) -> "Inference":
+        return cls(submit=fn, collect=lambda out: out, in_flight=1)
+
+
 class _Stop(Exception):
     pass
 
@@ -90,7 +109,8 @@ class _Channel:
                 continue
 
 
-def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray], infer: Callable[[np.ndarray], np.ndarray],
+def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray],
+                 infer: Callable[[np.ndarray], np.ndarray] | Inference,
                  make_stitcher: Callable[[SlabSink], object], sink: SlabSink, batch: int = 1, depth: int = 2,
                  on_tile: Callable[[int], None] | None = None) -> PipelineStats:
     """Run every tile of ``plan`` through ``infer`` and hand completed slabs to ``sink`` in order.
@@ -98,8 +118,10 @@ def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray], infer:
     ``make_stitcher(sink)`` builds the crop or blend stitcher that feeds the writer stage.
 
     ``read_tile`` returns one normalized, padded input tile (C, *tile); ``infer`` maps a stacked batch
-    (B, C, *tile) to outputs (B, C_out, *tile_out). Raises the first error any stage hit.
+    (B, C, *tile) to outputs (B, C_out, *tile_out), as a plain call or an :class:`Inference`.
+    Raises the first error any stage hit.
     """
+    inference = infer if isinstance(infer, Inference) else Inference.blocking(infer)
     stats = PipelineStats()
     abort = threading.Event()
     errors: list[BaseException] = []
@@ -135,6 +157,16 @@ def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray], infer:
 
     def inferrer() -> None:
         st = stats.stages["infer"]
+        outstanding: deque = deque()
+
+        def hand_on_oldest() -> None:
+            tiles, ticket = outstanding.popleft()
+            t0 = time.perf_counter()
+            outputs = inference.collect(ticket)
+            st.busy += time.perf_counter() - t0
+            stats.batches += 1
+            st.wait_out += to_stitch.put((tiles, outputs))
+
         while True:
             item, waited = to_infer.get()
             st.wait_in += waited
@@ -142,10 +174,12 @@ def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray], infer:
                 break
             tiles, inputs = item
             t0 = time.perf_counter()
-            outputs = infer(inputs)
+            outstanding.append((tiles, inference.submit(inputs)))
             st.busy += time.perf_counter() - t0
-            stats.batches += 1
-            st.wait_out += to_stitch.put((tiles, outputs))
+            if len(outstanding) >= inference.in_flight:
+                hand_on_oldest()
+        while outstanding:
+            hand_on_oldest()
         to_stitch.put(_DONE)
 
     def stitch_stage() -> None:

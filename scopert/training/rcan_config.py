@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scopert.training.config_file import read_config_file
 from scopert.errors import ConfigError
 
 LOSS_NAMES = ("mae", "mse")
@@ -159,15 +159,7 @@ def load_rcan_config(source: str | os.PathLike | dict[str, Any] | RcanTrainConfi
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a JSON training config.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); fix the file.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config is a JSON object, got {type(data).__name__}.")
-    return data
+    return read_config_file(path, "the path of a 3D-RCAN JSON training config")
 
 
 def _unknown_key_message(key: str, where: str) -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scopert.training.config_file import read_config_file
 from scopert.errors import ConfigError
 
 DATASET_MODES = {"stack": None, "axons": 1, "dendrites": 2, "folders": None}
@@ -157,19 +157,4 @@ def _check_int(value: Any, key: str, lo: int, where: str) -> None:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"the config file {path} does not exist; give a JSON or YAML file.")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"{path} is not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
-                          f"({exc}). Fix the syntax.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config is a mapping of keys to values, got {type(data).__name__}.")
-    return data
+    return read_config_file(path, "a TA-GAN JSON or YAML config")

@@ -13,7 +13,6 @@ Must not import ``scopert.export`` or ``scopert.runtime``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from scopert.errors import ConfigError, InputError
 from scopert.training.frames_data import FrameAugment, FrameSampler, load_frames, validation_items
 from scopert.training.registry import get_family
 from scopert.training.runfolder import previous_run, RunInfo, write_run_info
+from scopert.training.config_file import read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -75,20 +75,7 @@ def load_blindspot_config(config: str | os.PathLike | dict[str, Any] | BlindSpot
         data = dict(config)
     else:
         path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; give a JSON or YAML training config.")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:
-            raise ConfigError(f"cannot parse {path} ({exc}); fix the JSON/YAML syntax.") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}.")
+        data = read_config_file(path, "a SHINE JSON or YAML training config")
         base = path.parent
     data = {ALIASES.get(k, k): v for k, v in data.items()}
     known = [f.name for f in dataclasses.fields(BlindSpotTrainConfig)]

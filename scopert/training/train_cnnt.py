@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from scopert.training.cnnt_losses import combined_loss, psnr_clipped
 from scopert.training.models.cnnt import CnntConfig
 from scopert.training.registry import get_family
 from scopert.training.runfolder import previous_run, read_run_info, RunInfo, write_run_info
+from scopert.training.config_file import read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,7 @@ def load_cnnt_config(source: str | os.PathLike | dict[str, Any] | CnntTrainConfi
         source = source.to_dict()
     if isinstance(source, (str, os.PathLike)):
         where = str(source)
-        try:
-            data = json.loads(Path(source).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config {source} ({exc.strerror}); check the path.") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source} is not valid JSON ({exc}); fix the file.") from None
+        data = read_config_file(source, "a CNNT JSON training config")
     elif isinstance(source, dict):
         where, data = "config", dict(source)
     else:

@@ -29,7 +29,7 @@ from scopert.training.importers.pytorch3dunet import model_config_from_yaml, to_
 from scopert.training.registry import get_family
 from scopert.training.runfolder import previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
-from scopert.training.unet_config import UNetTrainConfig, load_unet_config
+from scopert.training.unet_config import load_unet_config
 from scopert.training.unet_data import UNetPatchSource, load_phase, validation_batches
 from scopert.training.unet_losses import build_loss, build_metric
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scopert.training.config_file import read_config_file
 from scopert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -134,17 +135,7 @@ def load_unet_config(source: str | os.PathLike | dict[str, Any]) -> UNetTrainCon
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a pytorch-3dunet training YAML.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the file.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config is a YAML mapping with model:, loss:, trainer:, loaders:.")
-    return data
+    return read_config_file(path, "a pytorch-3dunet training YAML (model:, loss:, trainer:, loaders:)")
 
 
 def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def test_overflowing_intermediate_stays_fp32_and_output_is_finite(tmp_path, data
     assert "conv" in res.plan.fp16_nodes and "weigh" in res.plan.fp16_nodes
     assert fp32["channel_sum"].startswith("reduction")
     assert res.report.nonfinite_fp16 == 0 and res.report.emulated_overflow == 0 and res.report.psnr_db >= 50
+    half = res.report.torch_half  # FP16 storage of every FP16 tensor, evaluated in torch
+    assert half.ran and half.nonfinite == 0 and half.psnr_db >= 50
     model = onnx.load(str(res.path))
     onnx.checker.check_model(model, full_check=True)
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
@@ -77,6 +79,8 @@ def test_without_the_range_rule_the_emulation_predicts_inf(tmp_path, data_dir):
         plan.fp16_nodes.append(name)
     report = predict_fp16_error(model, to_fp16_graph(model, plan), tiles, "input", plan, last)
     assert report.emulated_overflow > 0 and "sum" in report.emulated_overflow_tensors
+    assert report.torch_half.ran and report.torch_half.nonfinite > 0  # torch float16 overflows where a GPU would
+    assert report.nonfinite_fp16 == 0  # while ORT CPU, computing FP16 nodes in FP32, hides it
     with pytest.raises(ConfigError, match="safety factor must be >= 1"):
         convert_fp16(src, tmp_path / "o16b.onnx", [data_dir / W2S], tiles=1, safety_factor=0.5)
 
@@ -132,6 +136,8 @@ def test_every_family_fp16_on_real_tiles(key, tmp_path, data_dir):
     res = convert_fp16(tmp_path / f"{key}.onnx", tmp_path / f"{key}.fp16.onnx", [data_dir / calib], tiles=2)
     onnx.checker.check_model(onnx.load(str(res.path)), full_check=True)
     assert res.report.psnr_db >= 50 and res.report.nonfinite_fp16 == 0 and res.report.emulated_overflow == 0
+    half = res.report.torch_half
+    assert half.ran and half.nonfinite == 0 and half.psnr_db >= 50, half
     reasons = " ".join(res.plan.fp32_nodes.values())
     if key == "rcan3d":
         assert "GlobalAveragePool" in reasons  # 3D channel-attention pooling is an FP32 island
@@ -139,4 +145,5 @@ def test_every_family_fp16_on_real_tiles(key, tmp_path, data_dir):
         assert "softmax" in reasons and "attention logits" in reasons and "attention weights" in reasons
     print(f"\n| {key} | fp16 nodes {len(res.plan.fp16_nodes)} | fp32 islands {len(res.plan.islands)} | "
           f"PSNR {res.report.psnr_db:.1f} dB | max err {res.report.max_abs_error:.2g} | NaN/Inf "
-          f"{res.report.nonfinite_fp16} |")
+          f"{res.report.nonfinite_fp16} | torch float16 {half.tile_shape}: PSNR {half.psnr_db:.1f} dB, max err "
+          f"{half.max_abs_error:.2g} |")

@@ -3,6 +3,12 @@
 onnxruntime-gpu does not raise when a GPU provider fails to load: it logs and runs on the CPU. So after
 the session is created we read back the providers it really uses, and a requested GPU that fell back
 is an error (``device='cuda'``) or a warning (``device='auto'``). Imports onnxruntime lazily.
+
+The GPU providers take the strongly typed FP16 ONNX of ``scopert export --fp16`` as it is: the CUDA
+provider runs FP16 nodes natively, and the TensorRT provider builds from the graph's own types
+(``trt_fp16_enable`` stays off, so the FP32 islands are not lowered). TensorRT engines and the timing
+cache go to ``engines/``, under a folder keyed by the model's hash and the ONNX Runtime version, because
+ORT neither invalidates its engine cache when the model or TensorRT changes nor tells a stale cache apart.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scopert.errors import BackendError, InputError
+from scopert.card import METADATA_KEY, ModelCard
+from scopert.errors import BackendError, InputError, ScopertError
 from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.engine_key import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +40,33 @@ def _import_ort():
     return ort
 
 
-def _providers(ort, device: str, engine_cache: Path) -> list:
+def ort_trt_cache_dir(model_path: Path, engines_dir: Path, ort_version: str) -> Path:
+    """Where the TensorRT provider keeps this model's engines: one folder per model content and ORT version."""
+    return engines_dir / "ort-trt" / f"{model_path.stem}-{sha256_file(model_path)[:16]}-ort{ort_version}"
+
+
+def trt_provider_options(model_path: Path, engines_dir: Path, ort_version: str) -> dict[str, str]:
+    """TensorRT execution provider options: caches in ``engines/``, the precision from the ONNX itself."""
+    return {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(ort_trt_cache_dir(model_path, engines_dir, ort_version)),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(engines_dir / "ort-trt"),  # shared: timings do not depend on the model
+        "trt_fp16_enable": "False",
+    }
+
+
+def _providers(ort, device: str, model_path: Path, engines_dir: Path) -> list:
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    wanted = []
+    wanted: list = []
     if "TensorrtExecutionProvider" in available:
-        wanted.append(("TensorrtExecutionProvider", {
-            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache),
-            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(engine_cache),
-        }))
+        options = trt_provider_options(model_path, engines_dir, ort.__version__)
+        Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        wanted.append(("TensorrtExecutionProvider", options))
     if "CUDAExecutionProvider" in available:
-        wanted.append("CUDAExecutionProvider")
+        wanted.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}))
     if device == "cuda" and not wanted:
         raise BackendError(
             "--device cuda was asked for, but this ONNX Runtime has no GPU provider "
@@ -53,10 +76,23 @@ def _providers(ort, device: str, engine_cache: Path) -> list:
     return wanted + ["CPUExecutionProvider"]
 
 
+def model_precision(metadata: dict[str, str]) -> str:
+    """'fp16' for a strongly typed FP16 export (its card says so), else 'fp32'."""
+    text = metadata.get(METADATA_KEY)
+    if not text:
+        return "fp32"
+    try:
+        mode = ModelCard.from_json(text).precision.get("mode", "")
+    except ScopertError:
+        return "fp32"  # the runtime reports an unreadable card itself, with its fix
+    return "fp16" if str(mode).startswith("fp16") else "fp32"
+
+
 class OrtBackend:
     """One InferenceSession; ``run`` releases the GIL, so the pipeline's other threads keep working."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 engines_dir: str | Path = "engines") -> None:
         ort = _import_ort()
         path = Path(path)
         if not path.exists():
@@ -66,10 +102,9 @@ class OrtBackend:
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        engine_cache = path.parent
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=_providers(ort, device, engine_cache))
+                                                providers=_providers(ort, device, path, Path(engines_dir)))
         except BackendError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -91,8 +126,12 @@ class OrtBackend:
         self.input_name, self.output_name = inp.name, out.name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._cuda = "CUDAExecutionProvider" in used
+        precision = model_precision(self.metadata)
+        if precision == "fp16" and not on_gpu:
+            log.warning("%s is an FP16 model: ONNX Runtime on the CPU computes its FP16 nodes in FP32 with extra casts, "
+                        "so it is slower than the FP32 export and no faster. On the CPU, run the FP32 file.", path)
         self.info = BackendInfo(
-            name="ort", device="cuda" if on_gpu else "cpu", precision="fp32", providers=used,
+            name="ort", device="cuda" if on_gpu else "cpu", precision=precision, providers=used,
             reason=f"ONNX Runtime {ort.__version__} with {used[0]}",
         )
 

@@ -195,6 +195,11 @@ class TrtBackend:
             self._pending.remove(ticket)
         return out
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many submitted batches may be outstanding: one per slot (the pipeline keeps them all busy)."""
+        return len(self._slots)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.collect(self.submit(batch))
 

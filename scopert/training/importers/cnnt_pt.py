@@ -10,7 +10,6 @@ Imports torch and scopert.training only; must not import ``scopert.export`` or `
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,8 +18,10 @@ from typing import Any
 import torch
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
+from scopert.training.importers.state_dict import check_fits
 from scopert.training.importers.state_dict import load_state_dict as read_state_dict
 from scopert.training.models import cnnt
+from scopert.training.config_file import read_config_file
 from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
 
 log = logging.getLogger(__name__)
@@ -46,20 +47,7 @@ SEED_OPTIONS = (
 
 def read_seed_config(path: str | os.PathLike) -> dict[str, Any]:
     """The seed's JSON config (all CLI options)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the CNNT config {path} ({exc.strerror}); pass the .json saved next to the .pt."
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON ({exc}); pass the .json that CNNT saved next to the .pt."
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object of CNNT options, got {type(data).__name__}.")
-    return data
+    return read_config_file(path, "the .json that CNNT saved next to the .pt")
 
 
 def model_config_from_seed(seed: dict[str, Any], where: str) -> dict[str, Any]:
@@ -95,32 +83,14 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
     state = {k: v for k, v in state.items() if k not in masks}
     own = model.state_dict()
     top = {k.split(".", 1)[0] for k in own}
-    for key in state:
-        if key not in own:
-            if key.split(".", 1)[0] not in top:
-                raise CheckpointError(
-                    f"{where}: the key {key!r} does not fit a CNNT model (its top-level modules are "
-                    f"{', '.join(sorted(top))}). Is this a checkpoint of another family? Import it with that "
-                    "family's importer."
-                )
-            raise CheckpointError(
-                f"{where}: the checkpoint key {key!r} does not fit the model that {config_where} describes. "
-                "Pass the JSON saved with this checkpoint."
-            )
-    for key, ref in own.items():
-        if key not in state:
-            if key.endswith("num_batches_tracked"):
-                continue
-            raise CheckpointError(
-                f"{where}: the tensor {key!r} that {config_where} needs is missing from the checkpoint. "
-                "Pass the JSON saved with this checkpoint."
-            )
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{where}: {config_where} disagrees with the weights at {key!r}: the checkpoint has shape "
-                f"{tuple(state[key].shape)}, the config gives {tuple(ref.shape)}. Pass the JSON saved with this "
-                "checkpoint."
-            )
+    foreign = next((k for k in state if k not in own and k.split(".", 1)[0] not in top), None)
+    if foreign is not None:
+        raise CheckpointError(
+            f"{where}: the key {foreign!r} does not fit a CNNT model (its top-level modules are "
+            f"{', '.join(sorted(top))}). Is this a checkpoint of another family? Import it with that "
+            "family's importer."
+        )
+    check_fits(state, own, where, config_where, "Pass the JSON saved with this checkpoint.")
     return state
 
 

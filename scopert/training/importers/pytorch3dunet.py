@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
+from scopert.training.config_file import read_config_file
 from scopert.training.runfolder import RunInfo, save_checkpoint, sha256_of, write_run_info
 
 log = logging.getLogger(__name__)
@@ -67,18 +68,7 @@ def import_pytorch3dunet(checkpoint: str | os.PathLike, config_yaml: str | os.Pa
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist; pass the YAML used to train or predict with the checkpoint.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML ({exc}); fix the file or pass the original config.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping with a 'model:' section.")
-    return data
+    return read_config_file(path, "the YAML used to train or predict with the checkpoint (with a 'model:' section)")
 
 
 def model_config_from_yaml(data: dict[str, Any], where: str) -> dict[str, Any]:

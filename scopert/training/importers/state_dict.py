@@ -59,3 +59,25 @@ def load_state_dict(path: str | os.PathLike, what: str = "the checkpoint file") 
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
+
+
+def check_fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where: str, built_from: str,
+               fix: str) -> None:
+    """Every checkpoint key belongs to the model built from ``built_from``, and every tensor it needs is
+    there with its shape; the error names the first misfit and ends with ``fix``."""
+    for key in state:
+        if key not in own:
+            raise CheckpointError(f"{where}: the checkpoint key {key!r} does not fit the model built from "
+                                  f"{built_from}. {fix}")
+    for key, ref in own.items():
+        if key not in state:
+            if key.endswith("num_batches_tracked"):
+                continue  # older torch did not save it; BatchNorm fills it on load
+            raise CheckpointError(f"{where}: the tensor {key!r} that {built_from} needs is missing from the "
+                                  f"checkpoint. {fix}")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{where}: {built_from} disagrees with the weights at {key!r}: the checkpoint has shape "
+                f"{tuple(state[key].shape)}, the model built from it {tuple(ref.shape)}. {fix}"
+            )
+

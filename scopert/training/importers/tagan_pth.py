@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
+from scopert.training.importers.state_dict import check_fits
 from scopert.training.importers.state_dict import load_state_dict as read_state_dict
 from scopert.training.models import tagan
 from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
@@ -168,26 +169,9 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
         for s in ("running_mean", "running_var", "num_batches_tracked")
     }
     state = {k: v for k, v in state.items() if k not in inorm_stats}  # the seed drops these on load, too
-    for key in state:
-        if key not in own:
-            raise CheckpointError(
-                f"{where}: the checkpoint key {key!r} does not fit the TA-GAN network built from {config_hint}. "
-                "Fix the options (opt.txt) or import the file with the importer of its family."
-            )
-    for key, ref in own.items():
-        if key not in state:
-            if key.endswith("num_batches_tracked"):
-                continue  # older torch did not save it; BatchNorm fills it on load
-            raise CheckpointError(
-                f"{where}: the tensor {key!r} that {config_hint} needs is missing from the checkpoint. "
-                "Fix the options (opt.txt) or pass the complete checkpoint."
-            )
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{where}: {config_hint} disagrees with the weights at {key!r}: the checkpoint has shape "
-                f"{tuple(state[key].shape)}, the network expects {tuple(ref.shape)}. Fix the options (opt.txt) "
-                "or leave them out to infer the architecture from the weights."
-            )
+    check_fits(state, own, where, config_hint,
+               "Fix the options (opt.txt), or leave them out to infer the architecture from the weights; a file "
+               "of another family needs that family's importer.")
     return state
 
 
