@@ -278,6 +278,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Smaller sweep and volume.")
     ap.add_argument("--only", help="Comma-separated workloads (rcan3d, unet3d_gn, blindspot2d, tagan2d, cnnt2dt, care2d).")
     ap.add_argument("--no-monai", action="store_true")
+    ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"),
+                    help="Folder for cpu_engines.{md,json,png} (a subset run should not overwrite the full one).")
     args = ap.parse_args()
     caps = cpu_caps()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": list(os.getloadavg()),
@@ -306,8 +308,8 @@ def main() -> None:
                                                       args.quick)
             print("apply vs MONAI:", result["apply_vs_monai"], flush=True)
     result["loadavg_end"] = list(os.getloadavg())
-    write_results(result, REPO / "benchmarks" / "results")
-    print((REPO / "benchmarks" / "results" / "cpu_engines.md").read_text())
+    write_results(result, Path(args.results))
+    print((Path(args.results) / "cpu_engines.md").read_text())
 
 
 if __name__ == "__main__":

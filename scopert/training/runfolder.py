@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scopert.errors import CheckpointError, ConfigError, OutputError
 
 RUN_FILE = "run.json"
@@ -75,6 +77,23 @@ def previous_run(folder: Path, resume: bool, family: str) -> RunInfo | None:
     if info.family != family:
         raise ConfigError(f"{folder} holds a {info.family!r} run, not a {family} run; choose another output folder.")
     return info
+
+
+def continue_run(previous: RunInfo | None, model_config: dict[str, Any], seed: int | None, folder: Path,
+                 what: str = "model config") -> int:
+    """The seed of this run, and a check that a resumed run keeps its architecture.
+
+    The seed is the config's, else the resumed run's, else a fresh random one (recorded in run.json, so the run
+    can be repeated). A resumed run whose ``model_config`` differs is refused: its checkpoints would not load.
+    """
+    if previous is not None and previous.model_config != model_config:
+        raise ConfigError(f"{folder} holds a {previous.family} run with {what} {previous.model_config}, but this "
+                          f"config gives {model_config}. Use a new output folder, or the original config to resume.")
+    if seed is None and previous is not None:
+        seed = previous.train_config.get("seed")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    return int(seed)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

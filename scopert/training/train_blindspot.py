@@ -25,7 +25,7 @@ import torch
 from scopert.errors import ConfigError, InputError
 from scopert.training.frames_data import FrameAugment, FrameSampler, load_frames, validation_items
 from scopert.training.registry import get_family
-from scopert.training.runfolder import previous_run, RunInfo, write_run_info
+from scopert.training.runfolder import continue_run, previous_run, RunInfo, write_run_info
 from scopert.training.config_file import read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
@@ -160,14 +160,7 @@ def train_blindspot_with_result(config: str | os.PathLike | dict[str, Any] | Bli
     train_centres = list(range(n - cfg.val_frames))
     val_centres = list(range(n - cfg.val_frames, n))
 
-    seed = cfg.seed
-    if seed is None and previous is not None:
-        seed = previous.train_config.get("seed")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
-    if previous is not None and previous.model_config != model_config:
-        raise ConfigError(f"{folder} holds a blindspot run with model config {previous.model_config}, but this config "
-                          f"gives {model_config}. Use a new output folder, or the original config to resume.")
+    seed = continue_run(previous, model_config, cfg.seed, folder)
     augment = FrameAugment(cfg.img_size, tuple(cfg.resize) if cfg.resize else None, cfg.flips, cfg.add_noise)
     sampler = FrameSampler(frames, cfg.frame_num, augment, train_centres, seed=seed)
     val_batches = None

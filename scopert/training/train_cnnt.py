@@ -38,7 +38,7 @@ from scopert.training.cnnt_data import (
 from scopert.training.cnnt_losses import combined_loss, psnr_clipped
 from scopert.training.models.cnnt import CnntConfig
 from scopert.training.registry import get_family
-from scopert.training.runfolder import previous_run, read_run_info, RunInfo, write_run_info
+from scopert.training.runfolder import continue_run, previous_run, read_run_info, RunInfo, write_run_info
 from scopert.training.config_file import read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
@@ -284,9 +284,7 @@ def train_cnnt_with_result(config: str | os.PathLike | dict[str, Any] | CnntTrai
     folder = Path(out_dir)
     previous = previous_run(folder, resume, FAMILY)
     model_config = cfg.model_config()
-    if previous is not None and previous.model_config != model_config:
-        raise ConfigError(f"{folder} holds a cnnt run with model config {previous.model_config}, but this config "
-                          f"gives {model_config}. Use a new output folder, or the original config to resume.")
+    continue_run(previous, model_config, cfg.seed, folder)
 
     scaling = Scaling(tuple(cfg.im_value_scale), cfg.per_scaling)
     movies = load_h5_movies(cfg.train_files, scaling, "training")

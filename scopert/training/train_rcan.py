@@ -30,7 +30,7 @@ from scopert.training.data import (
 from scopert.training.losses import SSIM_WINDOW, get_loss, get_metrics
 from scopert.training.rcan_config import RcanTrainConfig, load_rcan_config
 from scopert.training.registry import get_family
-from scopert.training.runfolder import previous_run, RunInfo, write_run_info
+from scopert.training.runfolder import continue_run, previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings, keras_adam, staircase_decay
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,8 @@ def train_rcan_with_result(config: str | os.PathLike | dict[str, Any] | RcanTrai
         )
 
     model_config = rcan_model_config(cfg, ndim, patch)
-    seed = cfg.seed
-    if seed is None and previous is not None:
-        seed = previous.train_config.get("seed")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+    seed = continue_run(previous, model_config, cfg.seed, folder)
     train_config = cfg.to_dict() | {"seed": seed}
-
-    if previous is not None and previous.model_config != model_config:
-        raise ConfigError(
-            f"{folder} holds an rcan run with model config {previous.model_config}, but this config gives "
-            f"{model_config}. Use a new output folder, or the original config to resume."
-        )
     # Everything that can refuse the config happens before the run folder is written.
     sampler_args = dict(patch_shape=patch, intensity_threshold=cfg.intensity_threshold,
                         area_ratio_threshold=cfg.area_ratio_threshold, augment=cfg.data_augmentation)

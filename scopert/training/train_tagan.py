@@ -35,7 +35,7 @@ from torch import nn
 
 from scopert.errors import ConfigError
 from scopert.training.models import tagan
-from scopert.training.runfolder import previous_run, RunInfo, save_checkpoint, write_run_info
+from scopert.training.runfolder import continue_run, previous_run, RunInfo, save_checkpoint, write_run_info
 from scopert.training.tagan_config import TaganTrainConfig, load_tagan_config
 from scopert.training.tagan_data import (
     CropSampler,
@@ -274,14 +274,7 @@ def train_tagan_with_result(config: str | os.PathLike | dict[str, Any] | TaganTr
     val_images = load_images(cfg, cfg.val_phase, "validation")
     check_crop(train_images, cfg.crop_size, divisor, "training")
     check_crop(val_images, cfg.crop_size, divisor, "validation")
-    seed = cfg.seed
-    if seed is None and previous is not None:
-        seed = previous.train_config.get("seed")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
-    if previous is not None and previous.model_config != configs["G"]:
-        raise ConfigError(f"{folder} holds a TA-GAN run with generator config {previous.model_config}, but this "
-                          f"config gives {configs['G']}. Use a new output folder, or the original config to resume.")
+    seed = continue_run(previous, configs["G"], cfg.seed, folder, what="generator config")
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_images) / cfg.batch_size))
     train_config = cfg.to_dict() | {"seed": seed, "steps_per_epoch": steps, "segmentor_run": SEGMENTOR_SUBRUN,
                                     "n_train_images": len(train_images), "n_val_images": len(val_images)}

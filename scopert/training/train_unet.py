@@ -21,13 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from scopert.errors import ConfigError
 from scopert.training.importers.pytorch3dunet import model_config_from_yaml, to_plain
 from scopert.training.registry import get_family
-from scopert.training.runfolder import previous_run, RunInfo, write_run_info
+from scopert.training.runfolder import continue_run, previous_run, RunInfo, write_run_info
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 from scopert.training.unet_config import load_unet_config
 from scopert.training.unet_data import UNetPatchSource, load_phase, validation_batches
@@ -78,14 +77,7 @@ def train_unet_with_result(config_path: str | os.PathLike | dict[str, Any], out_
         _check_channels(val_volumes, arch, where)
         val_batches = validation_batches(val_volumes, cfg.val.slice_builder, cfg.batch_size)
 
-    seed = cfg.seed
-    if seed is None and previous is not None:
-        seed = previous.train_config.get("seed")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
-    if previous is not None and previous.model_config != model_config:
-        raise ConfigError(f"{folder} holds a unet run with model config {previous.model_config}, but this config "
-                          f"gives {model_config}. Use a new output folder, or the original config to resume.")
+    seed = continue_run(previous, model_config, cfg.seed, folder)
 
     source = UNetPatchSource(train_volumes, cfg.train.slice_builder, train_plan, seed)
     per_pass = math.ceil(source.patches_per_pass / cfg.batch_size)
