@@ -12,8 +12,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
