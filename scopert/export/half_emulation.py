@@ -71,6 +71,12 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 
 # ---- operators -------------------------------------------------------------------------------------------
+def _text(at: dict, key: str, default: str) -> str:
+    """A string attribute (onnx gives bytes)."""
+    value = at.get(key, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _ints(t: Any) -> list[int]:
     return [int(v) for v in t.reshape(-1).tolist()]
 
@@ -113,7 +119,7 @@ def _conv(args: list, at: dict) -> Any:
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else None
     n = w.dim() - 2
-    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if _text(at, "auto_pad", "NOTSET") != "NOTSET":
         raise NotEmulated("auto_pad")
     pads = list(at.get("pads", [0] * 2 * n))
     if pads[:n] != pads[n:]:  # explicit asymmetric padding: pad first, convolve unpadded
@@ -130,7 +136,7 @@ def _conv_transpose(args: list, at: dict) -> Any:
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else None
     n = w.dim() - 2
-    if "output_shape" in at or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if "output_shape" in at or _text(at, "auto_pad", "NOTSET") != "NOTSET":
         raise NotEmulated("output_shape / auto_pad")
     pads = list(at.get("pads", [0] * 2 * n))
     conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
@@ -235,8 +241,7 @@ def _pad(args: list, at: dict) -> Any:
     import torch.nn.functional as F
 
     x, pads = args[0], _ints(args[1])
-    mode = at.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = _text(at, "mode", "constant")
     value = float(args[2].item()) if len(args) > 2 and args[2] is not None and args[2].numel() else 0.0
     if len(args) > 3 and args[3] is not None:
         raise NotEmulated("Pad with axes")
@@ -256,10 +261,8 @@ def _resize(args: list, at: dict) -> Any:
     import torch.nn.functional as F
 
     x = args[0]
-    mode = at.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    ctm = at.get("coordinate_transformation_mode", b"half_pixel")
-    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    mode = _text(at, "mode", "nearest")
+    ctm = _text(at, "coordinate_transformation_mode", "half_pixel")
     sizes = _ints(args[3]) if len(args) > 3 and args[3] is not None and args[3].numel() else None
     scales = args[2].reshape(-1).tolist() if len(args) > 2 and args[2] is not None and args[2].numel() else None
     if sizes is None and scales is None:
@@ -270,8 +273,7 @@ def _resize(args: list, at: dict) -> Any:
         raise NotEmulated("Resize over batch or channel axes")
     spatial = sizes[2:]
     if mode == "nearest":
-        nearest = at.get("nearest_mode", b"round_prefer_floor")
-        nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+        nearest = _text(at, "nearest_mode", "round_prefer_floor")
         if ctm == "asymmetric" and nearest == "floor":
             return F.interpolate(x, size=spatial, mode="nearest")
         if ctm in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_ceil", "round_prefer_floor"):
@@ -367,8 +369,7 @@ def _ops() -> dict[str, Callable]:
         "LeakyRelu": lambda args, at: F.leaky_relu(args[0], at.get("alpha", 0.01)),
         "Elu": lambda args, at: F.elu(args[0], at.get("alpha", 1.0)),
         "PRelu": _binary(lambda x, slope: torch.where(x >= 0, x, x * slope)),
-        "Gelu": lambda args, at: F.gelu(args[0], approximate="tanh" if at.get("approximate") in (b"tanh", "tanh")
-                                        else "none"),
+        "Gelu": lambda args, at: F.gelu(args[0], approximate=_text(at, "approximate", "none")),
         "Softplus": _unary(F.softplus), "Mish": _unary(F.mish), "HardSwish": _unary(F.hardswish),
         "HardSigmoid": lambda args, at: (args[0] * at.get("alpha", 0.2) + at.get("beta", 0.5)).clamp(0, 1),
         "Selu": _unary(F.selu), "Log": _unary(torch.log), "Sign": _unary(torch.sign), "Floor": _unary(torch.floor),
