@@ -38,6 +38,8 @@ def default_shape(tiled_axes: str) -> tuple[int, ...]:
 @click.option("-B", "--tile", help="Tile shape (default: the model's).")
 @click.option("--batch", type=int, default=1)
 @click.option("--tune", is_flag=True, help="Sweep tile sizes and batches first; bench the fastest (core voxels/s).")
+@click.option("--compare", is_flag=True, help="Also run ORT FP32, OpenVINO f32 (and bf16 where the CPU has it) side "
+                                              "by side on one tile batch: speed ratios and PSNR vs ORT.")
 @click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
 @click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto")
@@ -47,13 +49,13 @@ def default_shape(tiled_axes: str) -> tuple[int, ...]:
 @click.option("--gate-db", type=float, default=45.0, show_default=True, help="bf16 gate: minimum PSNR vs f32.")
 @click.option("--rate", "user_rate", type=float, help="Your camera's data rate in MB/s for a second verdict.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
-def bench(model_path, shape, tile, batch, tune, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
+def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
           json_path) -> None:
     """Backend and pipeline throughput for one model, and whether it keeps up with a camera."""
     import numpy as np
 
     from scopert.runtime import load
-    from scopert.runtime.bench import bench_pipeline, tune_tile
+    from scopert.runtime.bench import bench_pipeline, compare_engines, tune_tile
 
     volume = None
     if data_path:
@@ -79,6 +81,14 @@ def bench(model_path, shape, tile, batch, tune, repeats, stitch, backend, precis
     result = bench_pipeline(model, shp, tile_sizes, batch=batch, stitch=stitch, repeats=repeats, volume=volume)
     if sweep is not None:
         result["tile_sweep"] = sweep
+    if compare:
+        result["engines"] = compare_engines(model_path, model, dict(zip(model.in_layout.tiled, result["tile"])), batch,
+                                            repeats)
+        for name, row in result["engines"]["engines"].items():
+            accuracy = "reference" if row["psnr_vs_ort_db"] is None else f"PSNR vs ORT {row['psnr_vs_ort_db']} dB"
+            click.echo(f"  {name:>14}: {row['seconds']:.4f} s per batch, {row['x_ort']:.2f}x ORT FP32, {accuracy}")
+        for name, note in result["engines"]["notes"].items():
+            click.echo(f"  {name:>14}: {note}")
     result["chosen"] = {"backend": model.backend.info.name, "precision": model.backend.info.precision,
                         "why": model.backend.info.reason}
     gate = getattr(model, "precision_decision", None)
@@ -86,7 +96,8 @@ def bench(model_path, shape, tile, batch, tune, repeats, stitch, backend, precis
         result["bf16_gate"] = gate.as_dict()
     result["camera_verdicts"] = camera_verdicts(result["pipeline_voxels_per_s"], user_rate)
     for key, value in result.items():
-        click.echo(f"{key:>28}: {value}")
+        if key not in ("engines", "tile_sweep"):  # printed above as rows
+            click.echo(f"{key:>28}: {value}")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str))
 

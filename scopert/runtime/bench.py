@@ -7,11 +7,12 @@ ratio (the pipeline efficiency) is robust to a noisy machine. Imports numpy and 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scopert.errors import ConfigError
+from scopert.errors import ConfigError, ScopertError
 from scopert.runtime.model import Model, tile_input
 from scopert.runtime.stitch import SlabSink
 from scopert.runtime.tiling import round_up
@@ -114,3 +115,40 @@ def tune_tile(model: Model, shape: dict[str, int], scales: tuple[float, ...] = T
         raise ConfigError(f"no tile candidate fits a batch of {TUNE_MAX_VOXELS} voxels; pass --tile and --batch.")
     pick = max(rows, key=lambda r: r["core_voxels_per_s"])
     return {"rows": rows, "pick": pick}
+
+
+def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch: int = 1,
+                    repeats: int = 3) -> dict[str, Any]:
+    """The runtime's CPU engines on one tile batch, side by side: ORT FP32, OpenVINO f32, and OpenVINO bf16
+    where the CPU has bf16. Engines alternate within each repeat (best of ``repeats``), so the ratios to ORT
+    hold on a loaded machine; each output is compared with ORT's (PSNR). torch is not among them: an ONNX
+    file has no torch model (``benchmarks/cpu_engines.py`` adds it)."""
+    from scopert.runtime.backends.ort import OrtBackend
+    from scopert.runtime.bf16_gate import cpu_caps, psnr_db
+
+    channels = model.card.input.channels if "c" in model.card.input.axes else 1
+    x = np.random.default_rng(0).uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
+    x = model.in_layout.to_model(x)
+    engines: dict[str, Any] = {"ort_fp32": OrtBackend(path, device="cpu")}
+    notes: dict[str, str] = {}
+    try:
+        from scopert.runtime.backends.openvino import OpenVinoBackend
+
+        engines["openvino_f32"] = OpenVinoBackend(path, precision="f32")
+        if cpu_caps().bf16:
+            engines["openvino_bf16"] = OpenVinoBackend(path, precision="bf16")
+        else:
+            notes["openvino_bf16"] = "not run: this CPU has no bf16"
+    except ScopertError as exc:  # not installed, or an op it cannot compile
+        notes["openvino"] = f"not run: {exc}"
+    outputs = {name: engine.run(x) for name, engine in engines.items()}  # warm-up: compile, allocate
+    best = {name: float("inf") for name in engines}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.run(x)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    rows = {name: {"seconds": round(best[name], 4), "x_ort": round(best["ort_fp32"] / best[name], 3),
+                   "psnr_vs_ort_db": None if name == "ort_fp32" else round(float(psnr_db(outputs["ort_fp32"], out)), 1)}
+            for name, out in outputs.items()}
+    return {"tile": dict(tile), "batch": batch, "engines": rows, "notes": notes}

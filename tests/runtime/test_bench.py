@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from scopert.commands.bench import SCMOS_BYTES_PER_S, camera_verdicts, default_shape
 from scopert.runtime import load
 from scopert.runtime.bench import tune_tile
+from scopert.runtime.bf16_gate import cpu_caps
 from tests.runtime.graphs import conv_stack
 
 
@@ -45,7 +47,7 @@ def test_bench_command_tunes_then_reports_efficiency_and_verdicts(tmp_path):
     conv_stack(tmp_path / "m.onnx", ndim=2, layers=2)
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, "-m", "scopert", "bench", str(tmp_path / "m.onnx"), "--shape", "200,300",
-                          "--tune", "--backend", "ort", "--repeats", "1", "--rate", "50", "--json", str(out)],
+                          "--tune", "--compare", "--backend", "ort", "--repeats", "1", "--rate", "50", "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "auto-tuner pick" in res.stdout
@@ -54,6 +56,13 @@ def test_bench_command_tunes_then_reports_efficiency_and_verdicts(tmp_path):
     assert result["tile"] == list(pick["tile"].values()) and result["batch"] == pick["batch"]
     assert 0 < result["pipeline_efficiency"] <= 1.5 and result["tiles"] >= 1
     assert set(result["camera_verdicts"]) == {"sCMOS 2048^2 16-bit 100 fps (838.9 MB/s)", "user rate (50 MB/s)"}
+    engines = result["engines"]
+    assert engines["engines"]["ort_fp32"]["x_ort"] == 1.0 and engines["tile"] == pick["tile"]
+    if platform.machine() in ("x86_64", "AMD64"):  # the cpu extra installs OpenVINO there
+        assert engines["engines"]["openvino_f32"]["psnr_vs_ort_db"] >= 100  # same FP32 math, other kernels
+        assert engines["engines"]["openvino_f32"]["seconds"] > 0
+        if not cpu_caps(ask_openvino=False).bf16:
+            assert "no bf16" in engines["notes"]["openvino_bf16"]
 
 
 @pytest.mark.parametrize("args, words", [
