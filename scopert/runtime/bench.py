@@ -1,7 +1,7 @@
-"""Throughput of the raw backend on tile batches against the whole pipeline on a volume.
-
-Both figures run the same tile batches, measured side by side in one process and alternated, so the
-ratio (the pipeline efficiency) is robust to a noisy machine. Imports numpy and the runtime only.
+"""What ``scopert bench`` measures: the raw backend against the whole pipeline on the same tile batches
+(``bench_pipeline``), the tile and batch that run fastest (``tune_tile``), and the CPU engines side by side
+(``compare_engines``). Timings alternate within one process, so the ratios hold on a noisy machine.
+Imports numpy and the runtime only.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from scopert.runtime.tiling import round_up
 TUNE_SCALES = (0.5, 1.0, 2.0)
 TUNE_BATCHES = (1, 2, 4)
 TUNE_MAX_VOXELS = 1 << 24  # per batch: keeps a sweep within a few hundred MB
+
+
+def _random_batch(model: Model, tile: dict[str, int], batch: int) -> np.ndarray:
+    """A normalized-range batch in the model's own layout (speed does not depend on the content)."""
+    channels = model.card.input.channels if "c" in model.card.input.axes else 1
+    x = np.random.default_rng(0).uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
+    return model.in_layout.to_model(x)
 
 
 class _NullSink:
@@ -86,7 +93,6 @@ def tune_tile(model: Model, shape: dict[str, int], scales: tuple[float, ...] = T
     base = model.default_tile(shape)
     rows: list[dict[str, Any]] = []
     seen: set[tuple] = set()
-    rng = np.random.default_rng(0)
     for scale in scales:
         tile = {}
         for ax, size in base.items():
@@ -98,9 +104,7 @@ def tune_tile(model: Model, shape: dict[str, int], scales: tuple[float, ...] = T
             if key in seen or batch * int(np.prod(list(tile.values()))) > TUNE_MAX_VOXELS:
                 continue
             seen.add(key)
-            channels = card.input.channels if "c" in card.input.axes else 1
-            x = rng.uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
-            x = model.in_layout.to_model(x)
+            x = _random_batch(model, tile, batch)
             model.backend.run(x)  # warm-up: compile, allocate
             best = float("inf")
             for _ in range(repeats):
@@ -126,9 +130,7 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
     from scopert.runtime.backends.ort import OrtBackend
     from scopert.runtime.bf16_gate import cpu_caps, psnr_db
 
-    channels = model.card.input.channels if "c" in model.card.input.axes else 1
-    x = np.random.default_rng(0).uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
-    x = model.in_layout.to_model(x)
+    x = _random_batch(model, tile, batch)
     engines: dict[str, Any] = {"ort_fp32": OrtBackend(path, device="cpu")}
     notes: dict[str, str] = {}
     try:
