@@ -117,7 +117,7 @@ def read_card(onnx_path: str | os.PathLike) -> ModelCard:
 # ---- card ---------------------------------------------------------------------------------------------
 def _base_card(fields: dict[str, Any], info: Any, out_path: Path) -> ModelCard:
     """The card from the family's fields and the run folder; halo and verification come later."""
-    from scopert.training.runfolder import sha256_of
+    from scopert.checksum import sha256_file
 
     data = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in dict(fields).items()}
     owned = sorted(set(data) & set(EXPORT_OWNED))
@@ -134,7 +134,7 @@ def _base_card(fields: dict[str, Any], info: Any, out_path: Path) -> ModelCard:
     source = {k: str(v) for k, v in (info.source or {}).items() if k in ("path", "sha256", "format")}
     if not source.get("sha256"):
         ckpt = info.best_checkpoint
-        source = {"path": source.get("path") or str(ckpt), "sha256": sha256_of(ckpt),
+        source = {"path": source.get("path") or str(ckpt), "sha256": sha256_file(ckpt),
                   "format": source.get("format") or "scopert-run"}
     data.update(
         family=info.family,

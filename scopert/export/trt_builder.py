@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from scopert.card import ModelCard
+from scopert.checksum import sha256_file
 from scopert.errors import BackendError, ConfigError, InputError, RunError
 from scopert.runtime.backends.engine_key import (CARD_KEY, ENGINE_SUFFIX, EngineKey, GpuInfo, ProfileShapes,
-                                                 check_engine, read_engine_card, sha256_file)
+                                                 check_engine, read_engine_card)
 
 log = logging.getLogger(__name__)
 

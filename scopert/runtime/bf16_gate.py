@@ -12,7 +12,6 @@ Imports numpy and the standard library; OpenVINO only through the backend, lazil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from scopert.checksum import sha256_file
+from scopert.runtime.model import tile_input
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,6 @@ def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     mse = float(np.mean((reference - test) ** 2))
     rng = float(reference.max() - reference.min()) or 1.0
     return float("inf") if mse == 0 else 10.0 * np.log10(rng * rng / mse)
-
-
-def model_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gate_path(model_path: str | Path) -> Path:
@@ -164,7 +158,7 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
         return GateResult("fp32", f"bf16 refused: this CPU ({caps.model}) does not report bf16 "
                           f"({caps.bf16_evidence}); running in f32", threshold_db=threshold_db)
     path = gate_path(model_path)
-    key = f"{model_hash(model_path)}|{caps.key}"
+    key = f"{sha256_file(model_path)}|{caps.key}"
     record = _read_records(path).get(key)
     reused = record is not None
     if record is None:
@@ -201,18 +195,7 @@ def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str
     rp = model.make_plan(dict(zip(model.in_layout.tiled, internal.shape[1:])), tile, None, "auto", 1)
     tiles = list(rp.plan)
     pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
-    out = []
-    for t in pick:
-        src, pads = [slice(None)], [(0, 0)]
-        for ap, at in zip(rp.plan.plans, t.axes):
-            lo, hi = max(0, at.start), min(ap.size, at.start + at.size)
-            src.append(slice(lo, hi))
-            pads.append((lo - at.start, at.start + at.size - hi))
-        block = norm(np.asarray(internal[tuple(src)]))
-        if any(p != (0, 0) for p in pads):
-            block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
-        out.append(model.in_layout.to_model(block[None]).astype(np.float32))
-    return out
+    return [model.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
 
 
 def apply_precision(model: Any, precision: str, calibration: np.ndarray | None = None,

@@ -11,7 +11,6 @@ Layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -124,14 +123,6 @@ def load_model(folder: str | os.PathLike, which: str = "best") -> tuple[RunInfo,
     model.load_state_dict(state["model_state_dict"])
     model.eval()
     return info, model
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -17,7 +17,8 @@ from scopert.card import card_from_metadata
 from scopert.errors import CardError, CheckpointError, ConfigError, InputError, OutputError, RunError
 from scopert.export import export_run, read_card
 from scopert.training.registry import Family, register
-from scopert.training.runfolder import RunInfo, save_checkpoint, sha256_of, write_run_info
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
 
 
 # ---- tiny families, registered under names no real family uses ----------------------------------------
@@ -130,7 +131,7 @@ def test_export_tiny_conv_end_to_end(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]  # one file, no .data, no .tmp
     assert card.family == TINY.name and card.name == "tiny"
     assert card.halo == {"y": 3, "x": 3} and card.tile_invariant
-    assert card.source.sha256 == sha256_of(info.best_checkpoint)
+    assert card.source.sha256 == sha256_file(info.best_checkpoint)
     assert card.training_config["model"] == {"channels": 4}
     assert card.normalization.pmax == 99.5 and card.default_tile == {"y": 64, "x": 64}
     ver = card.verification["onnx_vs_torch"]

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 from scopert.runtime import load
-from scopert.runtime.bf16_gate import CpuCaps, decide_precision, gate_path, model_hash, psnr_db, sample_tiles
+from scopert.checksum import sha256_file
+from scopert.runtime.bf16_gate import CpuCaps, decide_precision, gate_path, psnr_db, sample_tiles
 from tests.runtime.graphs import conv_stack
 
 pytest.importorskip("openvino")
@@ -45,7 +46,7 @@ def test_bf16_refused_without_real_tiles_or_record(model2d):
 
 
 def _record(model2d, psnr, bf16_ops=40):
-    key = f"{model_hash(model2d)}|{BF16.key}"
+    key = f"{sha256_file(model2d)}|{BF16.key}"
     gate_path(model2d).write_text(json.dumps({"records": {key: {
         "psnr_db": psnr, "tiles": 4, "bf16_ops": bf16_ops, "runtime_precisions": {"bf16": bf16_ops}}}}))
 
@@ -67,7 +68,7 @@ def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
     tiles = sample_tiles(model, img, n=3)
     assert len(tiles) == 3 and tiles[0].shape[:2] == (1, 1)
     gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16)
-    rec = json.loads(gate_path(model2d).read_text())["records"][f"{model_hash(model2d)}|{BF16.key}"]
+    rec = json.loads(gate_path(model2d).read_text())["records"][f"{sha256_file(model2d)}|{BF16.key}"]
     assert rec["tiles"] == 3
     if rec["bf16_ops"] == 0:  # this CPU has no bf16 kernels: OpenVINO ran f32, and the gate says so
         assert gate.precision == "fp32" and "no op in bf16" in gate.reason

@@ -23,7 +23,8 @@ import torch
 from scopert.errors import CheckpointError, OutputError
 from scopert.training.importers.keras_rcan import import_keras_rcan, parse_rcan_config, select_best_checkpoint
 from scopert.training.models import rcan
-from scopert.training.runfolder import load_model, read_run_info, sha256_of
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import load_model, read_run_info
 
 # ---- a Keras model_config generator for build_rcan ----------------------------------------------
 
@@ -269,7 +270,7 @@ def test_imported_model_matches_numpy_keras_reference(tmp_path, case):
     assert cfg["input_shape"] == list(case["shape"])
     on_disk = read_run_info(tmp_path / "run")
     assert on_disk.family == "rcan" and on_disk.source["format"] == "keras-hdf5"
-    assert on_disk.source["sha256"] == sha256_of(src)
+    assert on_disk.source["sha256"] == sha256_file(src)
     assert on_disk.train_config["epoch"] == 12
 
     x = rng.uniform(0, 1, (2, *case["shape"], 1))

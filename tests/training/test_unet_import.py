@@ -13,7 +13,8 @@ from scopert.errors import CheckpointError, ConfigError, OutputError
 from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
 from scopert.training.models.blindspot import build_model as build_blindspot
 from scopert.training.models.unet import build_model, card_fields, export_module
-from scopert.training.runfolder import load_model, sha256_of
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import load_model
 
 MODEL_SECTION = {"name": "UNet3D", "in_channels": 1, "out_channels": 2, "layer_order": "gcr", "f_maps": 8,
                  "num_groups": 4, "num_levels": 3, "final_sigmoid": False, "is_segmentation": True}
@@ -65,7 +66,7 @@ def test_imported_run_folder_gives_the_same_output_as_the_original(tmp_path, sec
     info = import_pytorch3dunet(ckpt, config, tmp_path / "run", name="segnet")
     assert info.folder == tmp_path / "run" and info.family == "unet"
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["source"] == {"path": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "format": "pytorch-3dunet"}
+    assert run["source"] == {"path": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "format": "pytorch-3dunet"}
     assert run["train"]["name"] == "segnet" and run["train"]["epoch"] == 7
     assert run["train"]["best_eval_score"] == pytest.approx(0.81)
 

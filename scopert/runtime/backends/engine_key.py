@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scopert.card import ModelCard, read_sidecar, sidecar_path
+from scopert.checksum import sha256_file
 from scopert.errors import BackendError, CardError, InputError
 
 ENGINE_SUFFIX = ".engine"
@@ -68,14 +69,6 @@ class EngineKey:
         profile = ProfileShapes(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
         return cls(data["model_sha256"], data["gpu_name"], data["compute_capability"], data["trt_version"],
                    data["precision"], profile)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_engine_card(engine_path: str | os.PathLike) -> tuple[ModelCard, EngineKey, str]:

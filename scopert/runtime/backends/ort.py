@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from scopert.card import METADATA_KEY, ModelCard
+from scopert.checksum import sha256_file
 from scopert.errors import BackendError, InputError, ScopertError
 from scopert.runtime.backends.base import BackendInfo
-from scopert.runtime.backends.engine_key import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from scopert.training.importers.state_dict import check_fits
 from scopert.training.importers.state_dict import load_state_dict as read_state_dict
 from scopert.training.models import cnnt
 from scopert.training.config_file import read_config_file
-from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def import_cnnt(
     state = match_state_dict(model, state, str(pt_path), f"the config {config_json}")
     model.load_state_dict(state, strict=False)
     train = {"name": name or out.name, "seed_options": seed}
-    source = {"path": str(pt_path.resolve()), "sha256": sha256_of(pt_path), "format": FORMAT}
+    source = {"path": str(pt_path.resolve()), "sha256": sha256_file(pt_path), "format": FORMAT}
     info = RunInfo(out, "cnnt", cfg, train, source)
     save_checkpoint(
         info.best_checkpoint, {"model_state_dict": model.state_dict(), "epoch": None, "imported_from": str(pt_path)}

@@ -25,7 +25,8 @@ import h5py
 import numpy as np
 
 from scopert.errors import CheckpointError, OutputError
-from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +478,7 @@ def import_keras_rcan(path: str | os.PathLike, out_dir: str | os.PathLike, name:
         family=FAMILY_NAME,
         model_config=parsed.model_config,
         train_config=train_config,
-        source={"path": str(path.resolve()), "sha256": sha256_of(path), "format": FORMAT},
+        source={"path": str(path.resolve()), "sha256": sha256_file(path), "format": FORMAT},
     )
     save_checkpoint(info.best_checkpoint, {"model_state_dict": model.state_dict(), "epoch": train_config.get("epoch"),
                                            "val_loss": train_config.get("monitored_loss")})

@@ -23,7 +23,8 @@ from scopert.training.importers.pytorch3dunet import (
     to_plain,
     write_run_folder,
 )
-from scopert.training.runfolder import RunInfo, sha256_of
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def import_lightning_blindspot(ckpt: str | os.PathLike, out_dir: str | os.PathLi
     check_state_dict(net, state, ckpt, f"a SHINE {model_config['name']} with {model_config['frame_num']} frames", HINT)
     net.load_state_dict(state, strict=True)
 
-    source = {"path": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "format": FORMAT}
+    source = {"path": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "format": FORMAT}
     train: dict[str, Any] = {"name": name or out_dir.name, "imported_from": FORMAT}
     if isinstance(raw, dict):
         for key in ("epoch", "global_step", "pytorch-lightning_version"):

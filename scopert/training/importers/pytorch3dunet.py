@@ -15,7 +15,8 @@ from typing import Any
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
 from scopert.training.config_file import read_config_file
-from scopert.training.runfolder import RunInfo, save_checkpoint, sha256_of, write_run_info
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def import_pytorch3dunet(checkpoint: str | os.PathLike, config_yaml: str | os.Pa
     check_state_dict(model, state, checkpoint, f"a pytorch-3dunet {model_config['name']}", YAML_HINT)
     model.load_state_dict(state, strict=True)
 
-    source = {"path": str(checkpoint.resolve()), "sha256": sha256_of(checkpoint), "format": FORMAT}
+    source = {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint), "format": FORMAT}
     train = {"name": name or out_dir.name, "imported_from": FORMAT, "config": to_plain(yaml_data)}
     if isinstance(raw, dict):
         for key in ("epoch", "num_iterations", "best_eval_score"):

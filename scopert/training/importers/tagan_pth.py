@@ -22,7 +22,8 @@ from scopert.errors import CheckpointError, ConfigError, OutputError
 from scopert.training.importers.state_dict import check_fits
 from scopert.training.importers.state_dict import load_state_dict as read_state_dict
 from scopert.training.models import tagan
-from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, sha256_of, write_run_info
+from scopert.checksum import sha256_file
+from scopert.training.runfolder import RUN_FILE, RunInfo, save_checkpoint, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def _import_one(
     model.load_state_dict(state, strict=False)
     train = {"name": name, "role": role, "seed_options": opts or {}, **extra}
     info = RunInfo(
-        folder, "tagan", cfg, train, {"path": str(path.resolve()), "sha256": sha256_of(path), "format": FORMAT}
+        folder, "tagan", cfg, train, {"path": str(path.resolve()), "sha256": sha256_file(path), "format": FORMAT}
     )
     save_checkpoint(
         info.best_checkpoint, {"model_state_dict": model.state_dict(), "epoch": None, "imported_from": str(path)}
