@@ -32,9 +32,11 @@ class AppliedNormalization:
 
 def subsample(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
     """An evenly strided subsample of at most ~max_samples voxels, read plane by plane."""
-    total = array.size
-    if total <= max_samples:
-        return np.asarray(array).ravel()
+    total = int(np.prod(array.shape, dtype=np.int64))
+    if isinstance(array, np.ndarray) and total <= max_samples:
+        return array.ravel()
+    if total <= max_samples:  # a lazy volume (slab reader, h5py, zarr): read it plane by plane
+        return np.concatenate([np.asarray(array[i]).ravel() for i in range(array.shape[0])])
     step0 = max(1, int(np.ceil(array.shape[0] / max(1, max_samples // max(1, total // array.shape[0])))))
     planes = range(0, array.shape[0], step0)
     per_plane = max(1, max_samples // len(planes))
