@@ -165,12 +165,15 @@ def train(family, config_path, out_dir, no_resume) -> None:
 @click.option("--frames", type=int, help="blindspot: frames per window (frame_num).")
 @click.option("--net-s", "net_s", type=click.Path(exists=True), help="tagan: the segmentation net N_net_S.pth.")
 @click.option("--opt", "opt_txt", type=click.Path(exists=True), help="tagan: the seed's test_opt.txt.")
-def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_txt) -> None:
+@click.option("--trust-checkpoint", "trust", is_flag=True,
+              help="Let the full unpickler read objects beyond tensors; it can run code, so only for trusted files.")
+def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_txt, trust) -> None:
     """Import a checkpoint of the original repository into a run folder.
 
     rcan: a 3D-RCAN Keras .hdf5 file or folder (best by the loss in the name). unet: a pytorch-3dunet
     checkpoint with --config YAML. blindspot: a SHINE Lightning .ckpt (--model/--frames where not inferable).
     tagan: N_net_G.pth [--net-s N_net_S.pth] --opt test_opt.txt. cnnt: run__...pt --config run__...json.
+    Checkpoints are read without running pickled code; --trust-checkpoint lifts that for files you trust.
     """
     if family in ("unet", "cnnt") and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
@@ -181,19 +184,19 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
     elif family == "unet":
         from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
 
-        info = import_pytorch3dunet(path, config_path, out_dir)
+        info = import_pytorch3dunet(path, config_path, out_dir, trust=trust)
     elif family == "blindspot":
         from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
 
-        info = import_lightning_blindspot(path, out_dir, model=model_name, frames=frames)
+        info = import_lightning_blindspot(path, out_dir, model=model_name, frames=frames, trust=trust)
     elif family == "tagan":
         from scopert.training.importers.tagan_pth import import_tagan
 
-        info = import_tagan(path, out_dir, net_s=net_s, opt_txt=opt_txt)
+        info = import_tagan(path, out_dir, net_s=net_s, opt_txt=opt_txt, trust=trust)
     else:
         from scopert.training.importers.cnnt_pt import import_cnnt
 
-        info = import_cnnt(path, config_path, out_dir)
+        info = import_cnnt(path, config_path, out_dir, trust=trust)
     click.echo(f"imported {family} into {info.folder}", err=True)
 
 

@@ -96,19 +96,40 @@ def continue_run(previous: RunInfo | None, model_config: dict[str, Any], seed: i
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary name, then rename: an interrupted save never leaves half a checkpoint."""
+    """torch.save in memory, then ``atomic_write_bytes``: an interrupted save never leaves half a checkpoint,
+    and a full disk is an OSError with its errno (torch's own file writer reports it as a bare RuntimeError)."""
+    import io
+
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+RUN_CHECKPOINT_FIX = ("ScopeRT writes only tensors and plain values into run folders, so this file was not written by "
+                      "ScopeRT or was altered; re-import the original with `scopert import`, or train again.")
+
+
+def load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of a run folder (best.pt, last.pt), read without running pickled code.
+
+    Run folders are shared like any download, so they get the importers' safe reader: tensors, plain values and
+    numpy scalars only. Raises CheckpointError for anything else or an unreadable file.
+    """
+    from scopert.training.importers.state_dict import load_checkpoint, numpy_scalar_globals
+
+    state = load_checkpoint(path, "a checkpoint written by `scopert train` or `scopert import`",
+                            allow=numpy_scalar_globals(), untrusted_fix=RUN_CHECKPOINT_FIX)
+    if not isinstance(state, dict) or not isinstance(state.get("model_state_dict"), dict):
+        raise CheckpointError(f"{path} holds no 'model_state_dict'; it is not a ScopeRT run checkpoint. "
+                              f"{RUN_CHECKPOINT_FIX}")
+    return state
 
 
 def load_model(folder: str | os.PathLike, which: str = "best") -> tuple[RunInfo, Any]:
     """Rebuild the model of a run folder and load its ``best`` (or ``last``) weights, in eval mode."""
-    import torch
-
     from scopert.training.registry import get_family
 
     info = read_run_info(folder)
@@ -119,13 +140,22 @@ def load_model(folder: str | os.PathLike, which: str = "best") -> tuple[RunInfo,
             "Train longer than one epoch, or import a checkpoint with `scopert import`."
         )
     model = get_family(info.family).build_model(info.model_config)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model_state_dict"])
+    state = load_run_checkpoint(ckpt)
+    try:
+        model.load_state_dict(state["model_state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt} does not fit the {info.family} model that run.json describes "
+                              f"({' '.join(str(exc).split())[:300]}). {RUN_CHECKPOINT_FIX}") from None
     model.eval()
     return info, model
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``<name>.tmp`` and rename it onto ``path``; on any failure (a full disk, Ctrl-C) delete the temporary."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

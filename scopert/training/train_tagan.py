@@ -35,7 +35,8 @@ from torch import nn
 
 from scopert.errors import ConfigError
 from scopert.training.models import tagan
-from scopert.training.runfolder import continue_run, previous_run, RunInfo, save_checkpoint, write_run_info
+from scopert.training.runfolder import (continue_run, load_run_checkpoint, previous_run, RunInfo, save_checkpoint,
+                                        write_run_info)
 from scopert.training.tagan_config import TaganTrainConfig, load_tagan_config
 from scopert.training.tagan_data import (
     CropSampler,
@@ -129,8 +130,8 @@ class TaganTrainer(Trainer):
         self.segmentor_best = segmentor_folder / "checkpoints" / "best.pt"
         self._s_best = math.inf
         if self.segmentor_best.exists():
-            self._s_best = float(torch.load(self.segmentor_best, map_location="cpu", weights_only=False)
-                                 .get("val_loss", math.inf))
+            s_loss = load_run_checkpoint(self.segmentor_best).get("val_loss")
+            self._s_best = math.inf if s_loss is None else float(s_loss)
         self._epoch = 0
 
     def train_step(self, batch: Batch) -> dict[str, float]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scopert.errors import OutputError, RunError
-from scopert.training.runfolder import CHECKPOINT_DIR, atomic_write_bytes, save_checkpoint
+from scopert.training.runfolder import CHECKPOINT_DIR, atomic_write_bytes, load_run_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,8 @@ class Trainer:
         })
 
     def _load_last(self) -> dict[str, Any]:
+        state = load_run_checkpoint(self.last_path)  # never runs pickled code; CheckpointError names the file
         try:
-            state = torch.load(self.last_path, map_location="cpu", weights_only=False)
             self.model.load_state_dict(state["model_state_dict"])
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
             if self.scheduler is not None and state.get("scheduler_state_dict") is not None:

@@ -70,9 +70,9 @@ def model_config_from_seed(seed: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The checkpoint's raw state dict (see ``importers.state_dict``)."""
-    return read_state_dict(path, "the CNNT .pt (or .pth) file")
+def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The checkpoint's raw state dict (see ``importers.state_dict``); only tensors unless ``trust``."""
+    return read_state_dict(path, "the CNNT .pt (or .pth) file", trust=trust)
 
 
 def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, config_where: str) -> dict:
@@ -101,15 +101,19 @@ def import_cnnt(
     out_dir: str | os.PathLike,
     name: str | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> RunInfo:
-    """Import a CNNT checkpoint and its JSON config into the run folder ``out_dir``; returns its RunInfo."""
+    """Import a CNNT checkpoint and its JSON config into the run folder ``out_dir``; returns its RunInfo.
+
+    The .pt must hold tensors only; ``trust`` (``--trust-checkpoint``) lets the full unpickler read other
+    objects, which can run code."""
     out = Path(out_dir)
     if (out / RUN_FILE).exists() and not overwrite:
         raise OutputError(f"{out} already holds a run ({RUN_FILE} exists); choose a new folder or pass overwrite.")
     pt_path = Path(pt_path)
     seed = read_seed_config(config_json)
     cfg = model_config_from_seed(seed, str(config_json))
-    state = load_state_dict(pt_path)
+    state = load_state_dict(pt_path, trust)
     model = cnnt.build_model(cfg)
     state = match_state_dict(model, state, str(pt_path), f"the config {config_json}")
     model.load_state_dict(state, strict=False)

@@ -41,12 +41,15 @@ HINT = ("Check --model (the blind-spot size, e.g. 3x3_blind) and --frames agains
 
 
 def import_lightning_blindspot(ckpt: str | os.PathLike, out_dir: str | os.PathLike, model: str | None = None,
-                               frames: int | None = None, name: str | None = None) -> RunInfo:
+                               frames: int | None = None, name: str | None = None, trust: bool = False) -> RunInfo:
     """Write the run folder ``out_dir`` from a SHINE Lightning checkpoint.
 
     ``model`` (``NxN_blind``) and ``frames`` are checked against what the weights say; they are only required where
     the weights cannot tell (one frame: the blind-spot size). ``name`` (default: the folder name) goes into run.json.
+    The file is read without running pickled code (``argparse.Namespace`` hyper-parameters and numpy scalars are
+    allowed); ``trust`` (``--trust-checkpoint``) lets the full unpickler read other objects, which can run code.
     """
+    from scopert.training.importers.state_dict import lightning_globals
     from scopert.training.models.blindspot import BlindSpotConfig, blind_radius, build_model
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
@@ -55,7 +58,7 @@ def import_lightning_blindspot(ckpt: str | os.PathLike, out_dir: str | os.PathLi
         raise ConfigError(f"--frames must be a positive integer, got {frames!r}.")
     check_out_dir(out_dir)
 
-    raw = load_torch_file(ckpt)
+    raw = load_torch_file(ckpt, trust=trust, allow=lightning_globals())
     state = extract_lightning_state_dict(raw, ckpt)
     inferred = infer_config(state, ckpt)
     if frames is not None and frames != inferred["frame_num"]:

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
 from scopert.training.config_file import read_config_file
@@ -33,11 +33,13 @@ YAML_HINT = ("Check that the YAML's model section (name, in_channels, out_channe
 
 
 def import_pytorch3dunet(checkpoint: str | os.PathLike, config_yaml: str | os.PathLike, out_dir: str | os.PathLike,
-                         name: str | None = None) -> RunInfo:
+                         name: str | None = None, trust: bool = False) -> RunInfo:
     """Write the run folder ``out_dir`` (run.json + checkpoints/best.pt) from a pytorch-3dunet checkpoint and YAML.
 
-    ``name`` (default: the folder name) is recorded in run.json's ``train`` section. Raises ConfigError for a bad
-    YAML, CheckpointError when the weights do not fit the architecture, OutputError when ``out_dir`` is in use.
+    ``name`` (default: the folder name) is recorded in run.json's ``train`` section. ``trust``
+    (``--trust-checkpoint``) allows pickled objects beyond tensors and numpy scalars, which can run code. Raises
+    ConfigError for a bad YAML, CheckpointError when the file is unreadable, holds such objects without ``trust``
+    or does not fit the architecture, OutputError when ``out_dir`` is in use.
     """
     from scopert.training.models.unet import UNetConfig, build_model
 
@@ -47,7 +49,7 @@ def import_pytorch3dunet(checkpoint: str | os.PathLike, config_yaml: str | os.Pa
     UNetConfig.from_dict(model_config, where=f"{config_yaml}: model")
     check_out_dir(out_dir)
 
-    raw = load_torch_file(checkpoint)
+    raw = load_torch_file(checkpoint, trust=trust)
     state = extract_state_dict(raw, checkpoint)
     model = build_model(model_config)
     check_state_dict(model, state, checkpoint, f"a pytorch-3dunet {model_config['name']}", YAML_HINT)
@@ -118,24 +120,16 @@ def _test_patch_shape(data: dict[str, Any]) -> list[int] | None:
 # ---- checkpoint ---------------------------------------------------------------------------------------------
 
 
-def load_torch_file(path: Path) -> Any:
-    """torch.load on CPU; the safe loader first, the full unpickler (with a warning) for older pickles."""
-    import pickle
+def load_torch_file(path: Path, trust: bool = False, allow: Sequence[Any] | None = None) -> Any:
+    """The checkpoint on CPU without running pickled code (``importers.state_dict.load_checkpoint``).
 
-    import torch
+    ``allow``: the harmless types of the format, numpy scalars by default (pytorch-3dunet's
+    ``best_eval_score``); ``trust`` (``--trust-checkpoint``) lets the full unpickler read anything else.
+    """
+    from scopert.training.importers.state_dict import load_checkpoint, numpy_scalar_globals
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("%s holds objects beyond tensors; loading it with the full unpickler (trust its source)", path)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc}); is the file complete?") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc}); is the file complete?") from None
+    allow = numpy_scalar_globals() if allow is None else allow
+    return load_checkpoint(path, "the *.pytorch file that pytorch-3dunet's trainer wrote", trust=trust, allow=allow)
 
 
 def extract_state_dict(raw: Any, path: Path) -> dict[str, Any]:

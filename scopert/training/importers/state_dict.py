@@ -1,19 +1,54 @@
-"""Reading a raw torch state dict safely, shared by the importers of state-dict checkpoints.
+"""Reading torch checkpoints without running pickled code, shared by every importer and by run folders.
 
-``torch.load(weights_only=True)`` never runs pickled code; a DataParallel ``module.`` prefix is stripped and a
-``model_state_dict``/``state_dict`` wrapper is unwrapped. Must not import scopert.export or scopert.runtime.
+``torch.load(weights_only=True)`` rebuilds only tensors, containers and plain values, plus the few harmless
+types that a format is known to hold (``numpy_scalar_globals``, ``lightning_globals``), allowed for that one load
+through the ``torch.serialization.safe_globals`` context (never process-wide ``add_safe_globals``). Anything else (a class, a function, a ``__reduce__`` that opens a file) is
+refused with a message naming ``--trust-checkpoint``; only ``trust=True`` hands the file to the full unpickler.
+A DataParallel ``module.`` prefix is stripped and a ``model_state_dict``/``state_dict`` wrapper is unwrapped.
+Must not import scopert.export or scopert.runtime.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from scopert.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TRUST_FLAG = "--trust-checkpoint"
+TRUST_FIX = (f"Pass {TRUST_FLAG} only if you trust the file's source, or re-save the weights alone with "
+             "torch.save(model.state_dict(), path).")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global|got <class '([^']+)'>|module (\S+) is blocked")
+
+
+def numpy_scalar_globals() -> list[Any]:
+    """numpy scalars (pytorch-3dunet's ``best_eval_score`` is an ``np.float64``; ScopeRT's resumable data state
+    may hold numpy ints): the scalar constructor under its numpy 1 and numpy 2 module names, ``np.dtype`` and the
+    numeric dtype classes. No object dtype; none of them runs code."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtype_classes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+            np.dtype, *sorted(dtype_classes, key=lambda c: c.__name__)]
+
+
+def lightning_globals() -> list[Any]:
+    """A Lightning ``.ckpt``: ``argparse.Namespace`` (``hyper_parameters`` of scripts that pass their parsed
+    arguments to ``save_hyperparameters``; SHINE itself saves none) and numpy scalars (callback states)."""
+    return [argparse.Namespace, *numpy_scalar_globals()]
 
 
 def looks_like_torch_file(path: Path) -> bool:
@@ -24,10 +59,13 @@ def looks_like_torch_file(path: Path) -> bool:
         return fh.read(2) == b"\x80\x02"
 
 
-def load_state_dict(path: str | os.PathLike, what: str = "the checkpoint file") -> dict[str, torch.Tensor]:
-    """Load a raw state dict (zip or legacy torch format) without running pickled code.
+def load_checkpoint(path: str | os.PathLike, what: str = "the checkpoint file", *, trust: bool = False,
+                    allow: Sequence[Any] = (), untrusted_fix: str = TRUST_FIX) -> Any:
+    """``torch.load`` on CPU that never runs pickled code unless ``trust`` is set.
 
-    ``what`` names the file the user should pass, for the message when it does not exist.
+    ``allow``: the harmless non-tensor types of this format (e.g. ``lightning_globals()``). ``what`` names the
+    file the user should pass (for a missing file); ``untrusted_fix`` ends the message when the file holds other
+    objects. Every failure is a CheckpointError.
     """
     path = Path(path)
     if not path.is_file():
@@ -35,27 +73,59 @@ def load_state_dict(path: str | os.PathLike, what: str = "the checkpoint file") 
     if not looks_like_torch_file(path):
         raise CheckpointError(
             f"{path} is not a readable torch checkpoint (neither a zip archive nor a legacy pickle). "
-            "Check the file is complete and is the .pth/.pt the seed saved."
+            f"Check the file is complete and is {what}."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "not only tensors")
-        raise CheckpointError(
-            f"{path} holds Python objects besides tensors ({detail}); ScopeRT loads only plain state dicts "
-            "without running pickled code. Re-save it with torch.save(model.state_dict(), path)."
-        ) from None
-    except Exception as exc:  # truncated archive, damaged pickle, ...
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({exc}). Check the file is complete."
-        ) from None
+        if not trust:
+            raise CheckpointError(f"{path} holds Python objects besides tensors ({_unsafe_detail(exc)}), and "
+                                  f"unpickling them could run code. {untrusted_fix}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated archive, damaged pickle, huge storage sizes, ...
+        raise _unreadable(path, exc) from None
+    log.warning("%s: loading with the full unpickler (%s); it runs any code the file holds", path, TRUST_FLAG)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a trusted file may still be damaged
+        raise _unreadable(path, exc) from None
+
+
+def _unsafe_detail(exc: Exception) -> str:
+    """The type the safe loader refused (``builtins.open``), else the unpickler's own short reason."""
+    text = str(exc)
+    match = _UNSAFE_GLOBAL.search(text)
+    if match:
+        return next(g for g in match.groups() if g)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = next((ln.split("error:", 1)[-1].strip() for ln in lines if "WeightsUnpickler error" in ln), "")
+    return (detail or (lines[-1] if lines else type(exc).__name__))[:200]
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return CheckpointError(f"{path} is not a readable torch checkpoint ({detail}). Check the file is complete.")
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "the checkpoint file", *,
+                    trust: bool = False) -> dict[str, torch.Tensor]:
+    """Load a raw state dict (zip or legacy torch format); see ``load_checkpoint`` for ``trust``.
+
+    ``what`` names the file the user should pass, for the message when it does not exist.
+    """
+    path = Path(path)
+    state = load_checkpoint(path, what, trust=trust)
     if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("model_state_dict", "state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}).")
+        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}). Pass {what}.")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        bad = next(k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+        raise CheckpointError(f"{path}: the state dict entry {bad!r} is a {type(state[bad]).__name__}, not a "
+                              f"tensor; the file is damaged or not {what}.")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)

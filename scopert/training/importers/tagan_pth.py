@@ -71,9 +71,9 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The checkpoint's raw state dict (see ``importers.state_dict``)."""
-    return read_state_dict(path, "the path of a TA-GAN *_net_G.pth file")
+def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The checkpoint's raw state dict (see ``importers.state_dict``); only tensors unless ``trust``."""
+    return read_state_dict(path, "the path of a TA-GAN *_net_G.pth file", trust=trust)
 
 
 def infer_config(state: dict[str, torch.Tensor], role: str, where: str) -> dict[str, Any]:
@@ -177,10 +177,11 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
 
 
 def _import_one(
-    path: Path, role: str, opts: dict[str, Any] | None, opt_txt: str | None, folder: Path, name: str, extra: dict
+    path: Path, role: str, opts: dict[str, Any] | None, opt_txt: str | None, folder: Path, name: str, extra: dict,
+    trust: bool = False,
 ) -> RunInfo:
     where = str(path)
-    state = load_state_dict(path)
+    state = load_state_dict(path, trust)
     inferred = infer_config(state, role, where)
     if opts is not None:
         cfg = config_from_opt(opts, role, inferred, str(opt_txt))
@@ -212,11 +213,13 @@ def import_tagan(
     opt_txt: str | os.PathLike | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> RunInfo:
     """Import a TA-GAN generator (and segmentation net) into the run folder ``out_dir``.
 
     S, when given, becomes the run folder ``out_dir/segmentor``; G's run.json names it under
-    ``train.segmentor_run``. Returns G's RunInfo.
+    ``train.segmentor_run``. Returns G's RunInfo. The files must hold tensors only; ``trust``
+    (``--trust-checkpoint``) lets the full unpickler read other objects, which can run code.
     """
     out = Path(out_dir)
     if (out / RUN_FILE).exists() and not overwrite:
@@ -227,11 +230,11 @@ def import_tagan(
     seg_info = None
     if net_s is not None:
         seg_info = _import_one(
-            Path(net_s), "segmentor", opts, opt_txt, out / SEGMENTOR_SUBRUN, f"{run_name}-segmentor", {}
+            Path(net_s), "segmentor", opts, opt_txt, out / SEGMENTOR_SUBRUN, f"{run_name}-segmentor", {}, trust
         )
         extra["segmentor_run"] = SEGMENTOR_SUBRUN
     try:
-        info = _import_one(Path(net_g), "generator", opts, opt_txt, out, run_name, extra)
+        info = _import_one(Path(net_g), "generator", opts, opt_txt, out, run_name, extra, trust)
     except Exception:
         if seg_info is not None:  # nothing half-written: the S sub-run alone is not a usable import
             _remove_run(seg_info.folder)
