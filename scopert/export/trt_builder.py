@@ -1,10 +1,14 @@
 """Build strongly typed TensorRT engines (10.12+ and 11.x) from a ScopeRT ONNX file, with an engine cache.
 
-A thin adapter around the ``tensorrt`` Python API: parse the ONNX (errors name the node), one optimization
-profile from the tile plan and batch, a workspace limit, the builder optimization level, a timing cache
+A thin adapter around the ``tensorrt`` Python API: parse the ONNX (errors name the node), optimization
+profiles from the tile plan and batch (one identical profile per in-flight slot, because contexts used
+concurrently must each select their own), a workspace limit, the builder optimization level, a timing cache
 persisted in ``engines/``, and the engine written next to its sidecar card, keyed by model hash, GPU and
-compute capability, TensorRT version, precision and profile. The precision comes from the ONNX graph
-(``scopert.export.precision``); ``BuilderFlag.FP16`` is never set (gone in 11.x, deprecated in 10.12+).
+compute capability, TensorRT version, precision, TF32 and profiles. The precision comes from the ONNX graph
+(``scopert.export.precision``); ``BuilderFlag.FP16`` is never set (gone in 11.x, deprecated in 10.12+), and
+``BuilderFlag.TF32`` (on by default in TensorRT) is cleared unless ``tf32=True``: TF32 rounds conv/matmul
+inputs to a 10-bit mantissa that the ONNX Runtime FP32 reference never sees. Every builder call that can fail
+quietly (a None, -1 or False) is checked, and the error names the step.
 
 ``tensorrt`` and ``cuda.bindings`` are imported lazily (or injected: tests pass a fake module). Imports
 onnx, ``scopert.card``, ``scopert.errors`` and ``scopert.runtime.backends.engine_key``; never torch.
@@ -24,8 +28,8 @@ from typing import Any
 from scopert.card import ModelCard
 from scopert.checksum import sha256_file
 from scopert.errors import BackendError, ConfigError, InputError, RunError
-from scopert.runtime.backends.engine_key import (CARD_KEY, ENGINE_SUFFIX, EngineKey, GpuInfo, ProfileShapes,
-                                                 check_engine, read_engine_card)
+from scopert.runtime.backends.engine_key import (CARD_KEY, DEFAULT_PROFILES, ENGINE_SUFFIX, EngineKey, GpuInfo,
+                                                 ProfileShapes, check_engine, read_engine_card, tile_profile)
 
 log = logging.getLogger(__name__)
 
@@ -108,35 +112,9 @@ def probe_gpu(trt_version: str, cuda: Any = None) -> GpuInfo:
 
 # ---- plan --------------------------------------------------------------------------------------------------
 def profile_from_tile(card: ModelCard, tile: tuple[int, ...], batch: int) -> ProfileShapes:
-    """min/opt/max from the tile plan: opt = max = (batch, tile), min = (1, smallest legal tile).
-
-    The tiler feeds full tiles (edge tiles are padded), so opt is the tile; min allows batch 1 and the
-    smallest multiple of the divisor for images smaller than a tile. Time and channel axes are fixed.
-    """
-    spec = card.input
-    spatial = spec.spatial_axes
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}.")
-    if len(tile) != len(spatial):
-        raise ConfigError(f"--tile {','.join(map(str, tile))} has {len(tile)} sizes; the model's spatial axes are "
-                          f"{spatial!r} ({len(spatial)} sizes, e.g. --tile {','.join(['64'] * len(spatial))}).")
-    sizes = dict(zip(spatial, tile))
-    for ax, s in sizes.items():
-        d = int(spec.divisor.get(ax, 1))
-        if s < 1 or s % d:
-            raise ConfigError(f"--tile: axis {ax!r} = {s} must be a positive multiple of the model's divisor {d}.")
-    lo, opt = [], []
-    for ax in spec.axes:
-        if ax == "b":
-            lo.append(1), opt.append(batch)
-        elif ax == "c":
-            lo.append(spec.channels), opt.append(spec.channels)
-        elif ax == "t":
-            tw = int(spec.time_window or 1)
-            lo.append(tw), opt.append(tw)
-        else:
-            lo.append(int(spec.divisor.get(ax, 1))), opt.append(sizes[ax])
-    return ProfileShapes(spec.name, tuple(lo), tuple(opt), tuple(opt))
+    """min/opt/max from the tile plan (``engine_key.tile_profile``): opt = max = (batch, tile), min = batch 1
+    and the smallest window the tiler sends, round_up(2*halo + 1, divisor)."""
+    return tile_profile(card, tile, batch)
 
 
 def onnx_precision(onnx_path: Path) -> str:
@@ -154,7 +132,8 @@ def onnx_precision(onnx_path: Path) -> str:
 
 def make_plan(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int, gpu: GpuInfo,
               out_dir: str | os.PathLike = "engines", workspace_gb: float = DEFAULT_WORKSPACE_GB,
-              opt_level: int = DEFAULT_OPT_LEVEL) -> tuple[BuildPlan, ModelCard]:
+              opt_level: int = DEFAULT_OPT_LEVEL, profiles: int = DEFAULT_PROFILES,
+              tf32: bool = False) -> tuple[BuildPlan, ModelCard]:
     from scopert.export.onnx_export import read_card
 
     path = Path(onnx_path)
@@ -163,9 +142,12 @@ def make_plan(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int, g
         raise ConfigError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opt_level}.")
     if workspace_gb <= 0:
         raise ConfigError(f"--workspace must be > 0 GiB, got {workspace_gb}.")
+    if not 1 <= int(profiles) <= 16:
+        raise ConfigError(f"profiles (one per in-flight slot) must be 1..16, got {profiles}.")
     profile = profile_from_tile(card, tuple(int(t) for t in tile), int(batch))
     precision = onnx_precision(path)
-    key = EngineKey(sha256_file(path), gpu.name, gpu.compute_capability, gpu.trt_version, precision, profile)
+    key = EngineKey(sha256_file(path), gpu.name, gpu.compute_capability, gpu.trt_version, precision, profile,
+                    tf32=bool(tf32), profiles=int(profiles))
     plan = BuildPlan(path, Path(out_dir), profile, precision, int(workspace_gb * (1 << 30)), int(opt_level), key)
     return plan, card
 
@@ -174,13 +156,17 @@ def make_plan(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int, g
 def build_engine(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int = 1, *,
                  out_dir: str | os.PathLike = "engines", workspace_gb: float = DEFAULT_WORKSPACE_GB,
                  opt_level: int = DEFAULT_OPT_LEVEL, rebuild: bool = False, trt: Any = None,
-                 gpu: GpuInfo | None = None, cuda: Any = None) -> BuildResult:
-    """Build (or reuse from the cache) the engine of ``onnx_path`` for ``tile`` and ``batch``."""
+                 gpu: GpuInfo | None = None, cuda: Any = None, slots: int = DEFAULT_PROFILES,
+                 tf32: bool = False) -> BuildResult:
+    """Build (or reuse from the cache) the engine of ``onnx_path`` for ``tile`` and ``batch``.
+
+    ``slots``: how many batches the runtime keeps in flight (one optimization profile each). ``tf32``: allow
+    TensorRT's TF32 tensor-core math in FP32 layers (recorded in the card and the engine key)."""
     trt = trt if trt is not None else import_tensorrt()
     version = str(trt.__version__)
     check_strong_typing(version)
     gpu = gpu if gpu is not None else probe_gpu(version, cuda)
-    plan, card = make_plan(onnx_path, tile, batch, gpu, out_dir, workspace_gb, opt_level)
+    plan, card = make_plan(onnx_path, tile, batch, gpu, out_dir, workspace_gb, opt_level, slots, tf32)
     engine_path = plan.engine_path
     if engine_path.exists() and not rebuild:
         try:
@@ -211,30 +197,65 @@ def network_flags(trt: Any) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
+def _step_failed(step: str, why: str) -> RunError:
+    return RunError(f"TensorRT build step {step} failed for this model ({why}); see the TensorRT log above. "
+                    f"{NO_TRT_FALLBACK}")
+
+
 def _build(trt: Any, plan: BuildPlan) -> tuple[bytes, bool]:
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError:  # pybind11: "factory function returned nullptr" when CUDA cannot initialize
+        builder = None
     if builder is None:
-        raise BackendError(f"TensorRT could not start (no usable GPU/driver?). {NO_TRT_FALLBACK}")
+        raise BackendError(f"TensorRT could not start its builder (CUDA initialization failed: no usable GPU, or a "
+                           f"driver older than this TensorRT needs; `scopert doctor` says which). {NO_TRT_FALLBACK}")
     network = builder.create_network(network_flags(trt))
+    if network is None:
+        raise _step_failed("create_network", f"flags {network_flags(trt)} refused by TensorRT {trt.__version__}")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(plan.onnx_path)):
         raise InputError(_parser_errors(parser, plan.onnx_path))
     config = builder.create_builder_config()
+    if config is None:
+        raise _step_failed("create_builder_config", "no builder config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     config.builder_optimization_level = plan.opt_level
-    profile = builder.create_optimization_profile()
+    _set_tf32(trt, config, plan.key.tf32)
     p = plan.profile
-    profile.set_shape(p.input_name, p.min, p.opt, p.max)
-    config.add_optimization_profile(profile)
+    for k in range(plan.key.profiles):  # one identical profile per concurrent execution context
+        profile = builder.create_optimization_profile()
+        profile.set_shape(p.input_name, p.min, p.opt, p.max)
+        index = config.add_optimization_profile(profile)
+        if index is None or int(index) < 0:
+            raise _step_failed("add_optimization_profile", f"profile {k} ({p.input_name} min {p.min} opt {p.opt} "
+                               f"max {p.max}) is invalid for the network's input")
     cache, reused = _load_timing_cache(config, plan.timing_cache_path)
-    config.set_timing_cache(cache, False)
+    if cache is None:
+        raise _step_failed("create_timing_cache", "TensorRT returned no timing cache")
+    if not config.set_timing_cache(cache, False):
+        log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", plan.timing_cache_path)
+        cache, reused = config.create_timing_cache(b""), False
+        if cache is None or not config.set_timing_cache(cache, False):
+            raise _step_failed("set_timing_cache", "even a new, empty timing cache was refused")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RunError(f"TensorRT failed to build {plan.onnx_path.name} (see the TensorRT log above). Try a smaller "
-                       "--tile or --batch, or a larger --workspace.")
+        raise RunError(f"TensorRT failed to build {plan.onnx_path.name} (build_serialized_network returned None; see "
+                       "the TensorRT log above). Try a smaller --tile or --batch, or a larger --workspace.")
     _save_timing_cache(config, plan.timing_cache_path)
     return bytes(serialized), reused
+
+
+def _set_tf32(trt: Any, config: Any, allow: bool) -> None:
+    """TF32 is on by default in TensorRT; clear it (or set it) explicitly and verify the config took it."""
+    flag = trt.BuilderFlag.TF32
+    if allow:
+        config.set_flag(flag)
+    else:
+        config.clear_flag(flag)
+    if bool(config.get_flag(flag)) != bool(allow):
+        raise _step_failed("clear_flag(TF32)" if not allow else "set_flag(TF32)", "the builder config ignored it")
 
 
 def _parser_errors(parser: Any, onnx_path: Path) -> str:
@@ -280,6 +301,7 @@ def _load_timing_cache(config: Any, path: Path) -> tuple[Any, bool]:
             cache = config.create_timing_cache(data)
             if cache is not None:
                 return cache, True
+            log.warning("timing cache %s is unreadable; starting a new one", path.name)
         except Exception as exc:  # a truncated or foreign cache file
             log.warning("timing cache %s is unreadable (%s); starting a new one", path.name, exc)
     else:
@@ -305,7 +327,7 @@ def _write_engine(plan: BuildPlan, card: ModelCard, serialized: bytes, seconds: 
     card.verification[CARD_KEY] = {
         "key": plan.key.to_dict(), "digest": plan.key.digest(), "engine_sha256": sha256_file(engine_path),
         "build_seconds": round(seconds, 3), "workspace_bytes": plan.workspace_bytes, "opt_level": plan.opt_level,
-        "onnx": plan.onnx_path.name,
+        "onnx": plan.onnx_path.name, "tf32": plan.key.tf32, "profiles": plan.key.profiles,
     }
     return card.write_sidecar(engine_path)
 

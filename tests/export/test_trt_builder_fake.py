@@ -1,10 +1,12 @@
-"""The TensorRT builder against fake tensorrt 10.x and 11.x modules: flags, profiles, caches, errors."""
+"""The TensorRT builder against fake tensorrt 10.x and 11.x modules: flags, TF32, profiles, caches, errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from scopert.errors import BackendError, InputError
@@ -32,9 +34,12 @@ def test_trt10_strongly_typed_profile_and_timing_cache(model, tmp_path):
     out = tmp_path / "engines"
     res = build_engine(model, (8, 64, 64), 4, out_dir=out, trt=trt, gpu=_gpu(trt), opt_level=2, workspace_gb=1)
     rec = trt.recorder
-    assert rec.named("create_network") == [("create_network", 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)]
+    assert rec.named("create_network") == [("create_network", 1 << 1)]  # STRONGLY_TYPED is bit 1 on 10.x
     assert rec.named("set_flag") == []  # never BuilderFlag.FP16 (nor any precision flag)
-    assert rec.named("set_shape") == [("set_shape", "input", (1, 1, 4, 4, 4), (4, 1, 8, 64, 64), (4, 1, 8, 64, 64))]
+    assert rec.named("clear_flag") == [("clear_flag", "TF32")]
+    # min: batch 1 and the smallest window the tiler sends, round_up(2*halo + 1, divisor) = round_up(7, 4)
+    profile = ("set_shape", "input", (1, 1, 8, 8, 8), (4, 1, 8, 64, 64), (4, 1, 8, 64, 64))
+    assert rec.named("set_shape") == [profile, profile]  # one identical profile per in-flight slot
     assert rec.named("set_memory_pool_limit") == [("set_memory_pool_limit", "WORKSPACE", 1 << 30)]
     assert rec.named("build")[0][3] == 2
     assert rec.named("create_timing_cache") == [("create_timing_cache", b"")]  # missing cache: created, no error
@@ -46,7 +51,8 @@ def test_trt10_strongly_typed_profile_and_timing_cache(model, tmp_path):
     # another batch: another key and engine; the timing cache from the first build is loaded
     other = build_engine(model, (8, 64, 64), 2, out_dir=out, trt=trt, gpu=_gpu(trt))
     assert other.key.digest() != res.key.digest() and other.engine_path != res.engine_path
-    assert rec.named("create_timing_cache")[-1] == ("create_timing_cache", b'{"timing_cache": 1}')
+    assert rec.named("create_timing_cache")[-1] == ("create_timing_cache",
+                                                    b'{"timing_cache": 1, "device": "NVIDIA H100 80GB HBM3"}')
     assert other.timing_cache_reused and rec.named("set_timing_cache")[-1] == ("set_timing_cache", 1, False)
 
 
@@ -66,7 +72,7 @@ def test_trt11_has_no_fp16_flag_and_no_network_flags(model, tmp_path):
     assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
     build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
     assert trt.recorder.named("create_network") == [("create_network", 0)]
-    assert trt.recorder.named("set_flag") == []
+    assert trt.recorder.named("set_flag") == [] and trt.recorder.named("clear_flag") == [("clear_flag", "TF32")]
 
 
 def test_old_tensorrt_says_strong_typing_is_unavailable(model, tmp_path):
@@ -89,7 +95,7 @@ def test_corrupt_timing_cache_is_rebuilt_and_bad_tile_is_refused(model, tmp_path
     first = build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
     first.timing_cache_path.write_bytes(b"\x00garbage")
     second = build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt), rebuild=True)
-    assert not second.timing_cache_reused and second.timing_cache_path.read_bytes() == b'{"timing_cache": 1}'
+    assert not second.timing_cache_reused and json.loads(second.timing_cache_path.read_bytes())["timing_cache"] == 1
     from scopert.errors import ConfigError
 
     with pytest.raises(ConfigError, match="multiple of the model's divisor 4"):
@@ -113,6 +119,72 @@ def test_cli_build_without_tensorrt_exits_2(model, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "TensorRT is not installed" in proc.stderr and "ONNX Runtime runs the model instead" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_minimum_follows_the_tile_plan(tmp_path):
+    """Defect 6: min = round_up(2*halo + 1, divisor) per axis (here halo 3, divisor 4 -> 8), capped at the tile;
+    and it is the smallest window the tiler really sends (an image of 1 voxel along each axis)."""
+    from scopert.export.onnx_export import read_card
+    from scopert.runtime.tiling import plan_tiles
+
+    path = tmp_path / "m.onnx"
+    conv_stack(path, ndim=3, divisor=4)
+    trt = make_fake_tensorrt("11.4.0.106")
+    res = build_engine(path, (8, 32, 64), 2, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
+    assert res.key.profile.min == (1, 1, 8, 8, 8) and res.key.profile.opt == res.key.profile.max == (2, 1, 8, 32, 64)
+    card = read_card(path)
+    tiny = plan_tiles({"z": 1, "y": 1, "x": 1}, {"z": 8, "y": 32, "x": 64}, card.halo, card.input.divisor,
+                      {}, "crop")
+    assert tiny.tile_shape == (8, 8, 8)
+    from scopert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not larger than 2x the halo"):
+        build_engine(path, (4, 32, 64), 2, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
+
+
+def test_fp16_onnx_builds_a_strongly_typed_fp16_plan_on_10x_and_11x(tmp_path):
+    from scopert.card import Normalization
+    from scopert.export.precision import convert_fp16
+    from tests.fakes.fake_tensorrt import MAGIC
+
+    src = tmp_path / "m.onnx"
+    conv_stack(src, ndim=2, normalization=Normalization(kind="percentile"))
+    tiles = np.random.default_rng(0).uniform(0, 1, (2, 1, 32, 32)).astype(np.float32)
+    fp16 = convert_fp16(src, tmp_path / "m.fp16.onnx", calib_tiles=tiles).path
+    for version in ("10.16.1.11", "11.4.0.106"):
+        trt = make_fake_tensorrt(version)
+        res = build_engine(fp16, (64, 64), 1, out_dir=tmp_path / version, trt=trt, gpu=_gpu(trt))
+        plan = json.loads(res.engine_path.read_bytes()[len(MAGIC):])
+        assert res.key.precision == "fp16" and plan["strongly_typed"] and plan["precision"] == "fp16"
+    weak = make_fake_tensorrt("10.16.1.11").Builder(None).create_network(0)
+    assert not weak.strongly_typed  # what a 10.x build without the flag would have been: FP32
+
+
+def test_failed_build_steps_are_named(model, tmp_path, caplog):
+    """Defect 7: -1 from add_optimization_profile, False from set_timing_cache, None plans, no GPU."""
+    from scopert.errors import RunError
+
+    trt = make_fake_tensorrt("10.16.1.11", profile_fails=True)
+    with pytest.raises(RunError, match=r"build step add_optimization_profile failed.*profile 0"):
+        build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
+    assert trt.recorder.named("build") == []
+    trt = make_fake_tensorrt("10.16.1.11", no_gpu=True)
+    with pytest.raises(BackendError, match="could not start its builder.*CUDA initialization.*ONNX Runtime"):
+        build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
+    trt = make_fake_tensorrt("10.16.1.11", builder_fails=True)
+    with pytest.raises(RunError, match="build_serialized_network returned None"):
+        build_engine(model, (8, 64, 64), 1, out_dir=tmp_path, trt=trt, gpu=_gpu(trt))
+    # a timing cache from another GPU under this GPU's file name: refused (False), replaced by a new one
+    other = make_fake_tensorrt("10.16.1.11", device_name="NVIDIA A100-SXM4-80GB")
+    first = build_engine(model, (8, 64, 64), 1, out_dir=tmp_path / "a", trt=other, gpu=_gpu(other))
+    trt = make_fake_tensorrt("10.16.1.11")
+    plan_cache = tmp_path / "b" / first.timing_cache_path.name
+    plan_cache.parent.mkdir()
+    plan_cache.write_bytes(first.timing_cache_path.read_bytes())
+    res = build_engine(model, (8, 64, 64), 1, out_dir=tmp_path / "b", trt=trt, gpu=_gpu(trt))
+    assert [c[1:] for c in trt.recorder.named("set_timing_cache")] == [(1, False), (0, False)]
+    assert not res.timing_cache_reused and "does not match" in caplog.text
+    assert json.loads(plan_cache.read_bytes())["device"] == "NVIDIA H100 80GB HBM3"
 
 
 @pytest.mark.gpu

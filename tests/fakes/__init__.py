@@ -1,1 +1,1 @@
-"""Fakes of ``tensorrt`` (10.x or 11.x API) and of the cuda-python adapter, for CPU-only tests."""
+"""Fakes of ``tensorrt`` (10.x or 11.x API) and of cuda-python's ``cuda.bindings.runtime``, for CPU-only tests."""

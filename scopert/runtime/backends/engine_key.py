@@ -1,7 +1,7 @@
 """The TensorRT engine cache key, and the checks that run before any engine is deserialized.
 
 An engine is valid only for the model, GPU (name and compute capability), TensorRT version, precision
-and optimization profile it was built for. The builder (``scopert.export.trt_builder``) writes the key
+(including whether TF32 was allowed) and optimization profiles it was built for. The builder (``scopert.export.trt_builder``) writes the key
 into the sidecar card (``verification['trt_engine']``); the TRT backend compares it with this machine
 before calling TensorRT. Imports only the standard library and ``scopert.card``/``scopert.errors``.
 """
@@ -21,6 +21,9 @@ from scopert.errors import BackendError, CardError, InputError
 
 ENGINE_SUFFIX = ".engine"
 CARD_KEY = "trt_engine"
+# One identical optimization profile per in-flight slot: NvInferRuntime.h asks that execution contexts used
+# concurrently each select their own profile, so an engine serves at most this many concurrent slots.
+DEFAULT_PROFILES = 2
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,59 @@ class ProfileShapes:
 
     def contains(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.min) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+
+    def as_ort_options(self) -> dict[str, str]:
+        """ONNX Runtime TensorRT provider options: ``trt_profile_min/opt/max_shapes`` ("name:1x1x8x64x64")."""
+        def fmt(shape: tuple[int, ...]) -> str:
+            return f"{self.input_name}:{'x'.join(str(int(s)) for s in shape)}"
+
+        return {"trt_profile_min_shapes": fmt(self.min), "trt_profile_opt_shapes": fmt(self.opt),
+                "trt_profile_max_shapes": fmt(self.max)}
+
+
+def smallest_tile(halo: int, divisor: int) -> int:
+    """The smallest window the tiler sends on an axis: an image of 1 voxel plus its halo, divisor-rounded."""
+    return -(-(2 * halo + 1) // divisor) * divisor
+
+
+def tile_profile(card: ModelCard, tile: tuple[int, ...], batch: int) -> ProfileShapes:
+    """min/opt/max for a tile plan: opt = max = (batch, tile), min = (1, smallest window the tiler sends).
+
+    The tiler feeds full tiles (edge tiles are reflect-padded to the tile), and one shrunk window only for an
+    image smaller than a tile: ``round_up(size + 2*halo, divisor)`` >= ``round_up(2*halo + 1, divisor)``. So the
+    minimum is that, not the divisor: kernels are tuned for opt, and a range far below any real shape costs
+    tactics for nothing. Time and channel axes are fixed. A tile the tiler would refuse is a ConfigError here.
+    """
+    from scopert.errors import ConfigError
+
+    spec = card.input
+    spatial = spec.spatial_axes
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}.")
+    if len(tile) != len(spatial):
+        raise ConfigError(f"--tile {','.join(map(str, tile))} has {len(tile)} sizes; the model's spatial axes are "
+                          f"{spatial!r} ({len(spatial)} sizes, e.g. --tile {','.join(['64'] * len(spatial))}).")
+    sizes = dict(zip(spatial, tile))
+    for ax, s in sizes.items():
+        d, h = int(spec.divisor.get(ax, 1)), int(card.halo.get(ax, 0))
+        if s < 1 or s % d:
+            raise ConfigError(f"--tile: axis {ax!r} = {s} must be a positive multiple of the model's divisor {d}.")
+        if s <= 2 * h:
+            raise ConfigError(f"--tile: axis {ax!r} = {s} is not larger than 2x the halo ({2 * h}); use at least "
+                              f"{smallest_tile(h, d)}.")
+    lo, opt = [], []
+    for ax in spec.axes:
+        if ax == "b":
+            lo.append(1), opt.append(batch)
+        elif ax == "c":
+            lo.append(spec.channels), opt.append(spec.channels)
+        elif ax == "t":
+            tw = int(spec.time_window or sizes.get("t", 1))
+            lo.append(tw), opt.append(tw)
+        else:
+            d, h = int(spec.divisor.get(ax, 1)), int(card.halo.get(ax, 0))
+            lo.append(min(sizes[ax], smallest_tile(h, d))), opt.append(sizes[ax])
+    return ProfileShapes(spec.name, tuple(lo), tuple(opt), tuple(opt))
 
 
 @dataclass(frozen=True)
@@ -53,6 +109,8 @@ class EngineKey:
     trt_version: str
     precision: str
     profile: ProfileShapes
+    tf32: bool = False  # TensorRT's default is on; ScopeRT clears it unless asked (FP32 means FP32)
+    profiles: int = 1  # identical copies of ``profile``, one per concurrent execution context
 
     def digest(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True)
@@ -67,8 +125,9 @@ class EngineKey:
     def from_dict(cls, data: dict[str, Any]) -> "EngineKey":
         p = data["profile"]
         profile = ProfileShapes(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+        # keys written before TF32 was cleared describe engines built with TensorRT's default (TF32 on)
         return cls(data["model_sha256"], data["gpu_name"], data["compute_capability"], data["trt_version"],
-                   data["precision"], profile)
+                   data["precision"], profile, bool(data.get("tf32", True)), int(data.get("profiles", 1)))
 
 
 def read_engine_card(engine_path: str | os.PathLike) -> tuple[ModelCard, EngineKey, str]:

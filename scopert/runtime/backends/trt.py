@@ -1,8 +1,10 @@
 """TensorRT backend: a ``.engine`` built by ``scopert build``, driven with cuda-python (never pycuda).
 
 Before TensorRT sees the file, its sidecar card is checked against this GPU and TensorRT version and the
-engine's sha256 (``engine_key.check_engine``). Then: deserialize; ``slots`` (>= 2) in-flight batches, each
-with its own execution context, non-blocking stream, pinned host buffers, device buffers and events.
+engine's sha256 (``engine_key.check_engine``). Then: deserialize; ``slots`` in-flight batches, each with its
+own execution context on its own optimization profile (the builder writes one identical profile per slot, as
+concurrent contexts must not share one), non-blocking stream, pinned host buffers, device buffers and events.
+The ``done`` event a host thread waits on is a blocking-sync event (the thread sleeps, it does not spin).
 ``submit`` copies a batch into a free slot's pinned buffer, sets the input shape and tensor addresses, and
 enqueues H2D copy, ``execute_async_v3`` and D2H copy on the slot's stream; ``collect`` waits on the slot's
 event. Consecutive batches run on different streams, so one batch's copies overlap another's compute.
@@ -24,11 +26,11 @@ import numpy as np
 from scopert.errors import BackendError, InputError
 from scopert.runtime.backends.base import BackendInfo
 from scopert.runtime.backends.cuda_adapter import D2H, H2D
-from scopert.runtime.backends.engine_key import GpuInfo, ProfileShapes, check_engine
+from scopert.runtime.backends.engine_key import DEFAULT_PROFILES, GpuInfo, ProfileShapes, check_engine
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SLOTS = 2
+DEFAULT_SLOTS = DEFAULT_PROFILES
 
 
 @dataclass
@@ -80,7 +82,11 @@ class TrtBackend:
         here = GpuInfo(name, f"{major}.{minor}", str(self._trt.__version__))
         self.card, self.key = check_engine(path, here)  # before any deserialization
         self.profile: ProfileShapes = self.key.profile
-        runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
+        try:
+            runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
+        except TypeError:  # pybind11 "factory function returned nullptr": CUDA could not initialize
+            raise BackendError("TensorRT could not start its runtime (CUDA initialization failed; `scopert doctor` "
+                               "names the cause). Use --backend ort with the model's .onnx file.") from None
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise InputError(f"TensorRT cannot deserialize {path} (corrupt or from another TensorRT build). Rebuild it "
@@ -90,7 +96,19 @@ class TrtBackend:
         self.in_dtype = _dtype(self._trt, engine.get_tensor_dtype(self.input_name))
         self.out_dtype = _dtype(self._trt, engine.get_tensor_dtype(self.output_name))
         self.metadata: dict[str, str] = {}
-        self._slots = [self._make_slot(i) for i in range(max(2, int(slots)))]
+        profiles = int(getattr(engine, "num_optimization_profiles", 1) or 1)
+        n_slots = max(1, min(int(slots), profiles))
+        if n_slots < int(slots):
+            log.warning("engine %s has %d optimization profile(s): %d slot(s) in flight, not %d (concurrent contexts "
+                        "must not share a profile). Rebuild with `scopert build` for more.", path.name, profiles,
+                        n_slots, int(slots))
+        self._slots: list[Slot] = []
+        try:
+            for i in range(n_slots):
+                self._slots.append(self._make_slot(i))
+        except BaseException:
+            self.close()  # free what the slots made so far hold
+            raise
         self.info = BackendInfo(name="trt", device="cuda", precision=self.key.precision, providers=["TensorRT"],
                                 reason=f"TensorRT {self._trt.__version__} engine on {name} ({self.key.precision}, "
                                        f"{len(self._slots)} slots)")
@@ -133,9 +151,18 @@ class TrtBackend:
         if context is None:
             raise BackendError("TensorRT could not create an execution context (GPU memory full?). Use a smaller "
                                "batch or tile, or fewer slots.")
-        return Slot(index=index, context=context, stream=cuda.stream_create(), host_in=cuda.malloc_host(in_bytes),
+        stream = cuda.stream_create()
+        if not context.set_optimization_profile_async(index, cuda.stream_handle(stream)):
+            raise BackendError(f"TensorRT refused optimization profile {index} for slot {index} of {self.path.name}; "
+                               "rebuild the engine with `scopert build MODEL.onnx --rebuild`.")
+        return Slot(index=index, context=context, stream=stream, host_in=cuda.malloc_host(in_bytes),
                     host_out=cuda.malloc_host(out_bytes), dev_in=cuda.malloc(in_bytes), dev_out=cuda.malloc(out_bytes),
-                    done=cuda.event_create(), started=cuda.event_create())
+                    done=cuda.event_create(blocking_sync=True), started=cuda.event_create())
+
+    def tile_range(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) per tiled axis of the engine's profile: ``Model.default_tile`` uses opt."""
+        p = self.profile
+        return {ax: (lo, op, hi) for ax, lo, op, hi in zip(self.card.input.axes, p.min, p.opt, p.max) if ax in "tzyx"}
 
     # ---- checks ---------------------------------------------------------------------------------------------
     def check_batch(self, batch: np.ndarray) -> None:
