@@ -101,9 +101,12 @@ def read_card(onnx_path: str | os.PathLike) -> ModelCard:
     """The ModelCard embedded in an ONNX file (export side; the runtime reads it through onnxruntime)."""
     import onnx
 
+    from scopert.runtime.onnx_file import check_external_data
+
     path = Path(onnx_path)
     if not path.is_file():
         raise InputError(f"{path} does not exist. Give the path of an .onnx file made by `scopert export`.")
+    check_external_data(path)  # external data only from inside the model's folder
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, onnx may raise others
