@@ -1,15 +1,23 @@
 """``apply``: restore image files with a model, as 3D-RCAN's ``apply.py`` does, with bounded memory.
 
-The output hyperstack holds the normalized raw, the restored image and (with ``-g``) the normalized
-ground truth as channels. A single-channel 3D TIFF whose output needs no global statistics
-(no ``--rescale`` or 0..1 range normalization) is streamed: it is read slab by slab from the file and
-written slab by slab, so memory does not grow with the volume. Everything else runs in memory.
-Every output is written atomically; inputs are opened read-only. Imports numpy and the runtime only.
+A run has two steps. ``plan_apply`` decides everything before any tile runs and refuses what cannot work: output
+suffix and format, output folder, the input's axes against the model's (a 2D model runs plane by plane over the
+t and z of a stack), channels, tile against halo and divisor, the ground truth's shape, and free disk space for
+the output's size. ``run_apply`` then streams: the input is read tile by tile (memory-mapped TIFF, slab-read
+compressed TIFF, HDF5, Zarr), and output slabs are written plane by plane as the stitcher completes them.
+
+TIFF outputs hold the normalized raw, the restored image and (with ``-g``) the normalized ground truth as
+channels, as 3D-RCAN writes them; HDF5 (dataset ``predictions``) and OME-Zarr outputs hold the restored image.
+Options that need the whole output first (``-g``, ``--rescale``, 0..1 output range) and frame-window models run
+in memory. Every output is written atomically; inputs are opened read-only. Imports numpy and the runtime only.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,12 +25,19 @@ from typing import Any, Callable
 import numpy as np
 
 from scopert.errors import ConfigError, InputError
-from scopert.runtime.io import check_output_path, read_image, to_bit_depth, write_image
-from scopert.runtime.io.tiff import TiffSlabReader, TiffStreamWriter
+from scopert.runtime.io import check_output_path, read_image, read_tiff, to_bit_depth
+from scopert.runtime.io.image import ImageData
+from scopert.runtime.io.outputs import OutputSpec, file_axes, open_writer, output_kind, tiff_format
+from scopert.runtime.io.space import check_free_space
+from scopert.runtime.io.tiff import TiffSlabReader
+from scopert.runtime.layout import Layout, centre_frame_model, resolve_data_axes, split_loop_axes, to_internal
 from scopert.runtime.model import Model
 from scopert.runtime.normalize import fit_normalization
 
 log = logging.getLogger(__name__)
+
+IN_MEMORY_BYTES = 256 * 2**20
+"""Inputs up to this size are loaded whole (fast tile reads); larger ones are read tile by tile from the file."""
 
 
 @dataclass
@@ -33,7 +48,7 @@ class ApplyOptions:
     batch: int | None = None
     axes: str | None = None
     bits: int = 32
-    fmt: str = "imagej"
+    fmt: str | None = None  # TIFF only: imagej or ome (default: by the output name)
     normalize_output: bool = False
     rescale: bool = False
     p_min: float | None = None
@@ -41,6 +56,7 @@ class ApplyOptions:
     dataset: str | None = None
     output_dataset: str = "predictions"
     window: str = "gaussian"
+    in_memory_bytes: int = IN_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16, 32):
@@ -48,8 +64,14 @@ class ApplyOptions:
         if self.normalize_output and self.rescale:
             raise ConfigError("--normalize_output_range_between_zero_and_one and --rescale exclude each other; "
                               "pick one.")
-        if self.fmt not in ("imagej", "ome"):
+        if self.fmt not in (None, "imagej", "ome"):
             raise ConfigError(f"-f {self.fmt!r}: use imagej or ome.")
+        for name in ("p_min", "p_max"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                raise ConfigError(f"--{name} {value} is not a percentile; give a value between 0 and 100.")
+        if self.p_min is not None and self.p_max is not None and self.p_min >= self.p_max:
+            raise ConfigError(f"--p_min {self.p_min} must be below --p_max {self.p_max}.")
 
 
 @dataclass
@@ -59,12 +81,16 @@ class ApplyResult:
     shape: tuple[int, ...]
     seconds: float
     voxels_per_s: float
-    streamed: bool
+    streamed: bool  # the output was written slab by slab as tiles completed (not composed in memory first)
+    lazy_input: bool = False  # the input was read tile by tile from the file, not loaded whole
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 class SlabVolume:
-    """A TIFF series read lazily along axis 0; the last range read is cached for the tiles of one row."""
+    """A TIFF series read lazily along axis 0, safe to share between the pipeline's reader and the writer.
+
+    The last two row ranges read are cached, so the tiles of one row (and the raw channel written beside the
+    restored slab) do not read the same rows again."""
 
     def __init__(self, reader: TiffSlabReader) -> None:
         self.reader = reader
@@ -72,7 +98,19 @@ class SlabVolume:
         self.dtype = reader.dtype
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape, dtype=np.int64))
-        self._cached: tuple[int, int, np.ndarray] | None = None
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _rows(self, start: int, stop: int) -> tuple[int, np.ndarray]:
+        with self._lock:
+            for (lo, hi), rows in self._cache.items():
+                if lo <= start and stop <= hi:
+                    return lo, rows
+            rows = self.reader.read(start, stop)
+            self._cache[(start, stop)] = rows
+            while len(self._cache) > 2:
+                self._cache.popitem(last=False)
+            return start, rows
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -80,144 +118,247 @@ class SlabVolume:
         if isinstance(first, (int, np.integer)):
             return self[(slice(int(first), int(first) + 1),) + key[1:]][0]
         start, stop, _ = first.indices(self.shape[0])
-        c = self._cached
-        if c is None or not (c[0] <= start and stop <= c[1]):
-            c = (start, stop, self.reader.read(start, stop))
-            self._cached = c
-        return c[2][(slice(start - c[0], stop - c[0]),) + key[1:]]
+        lo, rows = self._rows(start, stop)
+        return rows[(slice(start - lo, stop - lo),) + key[1:]]
 
 
-def _normalized(array: np.ndarray, model: Model, opts: ApplyOptions) -> np.ndarray:
-    return fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)(np.asarray(array))
+def open_input(path: Path, dataset: str | None) -> ImageData:
+    """Open an input lazily: uncompressed TIFF memory-mapped, compressed TIFF slab by slab, HDF5/Zarr as is."""
+    if path.is_file() and path.name.lower().endswith((".tif", ".tiff")):
+        if dataset is not None:
+            raise ConfigError(f"--dataset {dataset!r} was given but {path} is a TIFF; drop --dataset.")
+        reader = TiffSlabReader(path)
+        if getattr(reader, "_mappable", False):
+            reader.close()
+            return read_tiff(path, memmap=True)
+        return ImageData(array=SlabVolume(reader), axes=reader.axes, path=path, source_axes=reader.source_axes,
+                         _closer=reader.close)
+    if not path.exists():
+        raise InputError(f"-i {path} does not exist; check the path.")
+    return read_image(path, dataset=dataset)
 
 
-def _finish_channels(channels: list[np.ndarray], opts: ApplyOptions, gt_index: int | None) -> list[np.ndarray]:
-    """--rescale (affine least-squares fit to the GT, as CARE) or min-max each channel to [0, 1]."""
+@dataclass
+class ApplyJob:
+    """Everything decided before the first tile runs; holds the open input until closed."""
+
+    model: Model
+    input_path: Path
+    output_path: Path
+    gt_path: Path | None
+    opts: ApplyOptions
+    image: ImageData
+    data_axes: str
+    sink_axes: str  # 'c' + the output's other axes in the pipeline's order (slowest first)
+    out: OutputSpec
+    raw_channels: int  # input channels written before the restored ones (TIFF on the same grid), else 0
+    in_memory: bool  # the whole output is composed before writing (-g, --rescale, 0..1, frame-window models)
+    n_tiles: int
+
+    def close(self) -> None:
+        self.image.close()
+
+    def __enter__(self) -> "ApplyJob":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dummy(shape: tuple[int, ...]) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+
+
+def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt_path: str | Path | None = None,
+               opts: ApplyOptions | None = None) -> ApplyJob:
+    """Check every argument, path and size against the model and the input's header; read no pixel data."""
+    opts = opts or ApplyOptions()
+    input_path, output_path = Path(input_path), Path(output_path)
+    gt_path = Path(gt_path) if gt_path else None
+    kind = output_kind(output_path)
+    if kind != "tiff" and opts.fmt is not None:
+        raise ConfigError(f"-f/--output_tiff_format {opts.fmt} applies to TIFF outputs, but {output_path.name} is "
+                          f"{kind.upper()}; drop -f or write a .tif.")
+    if kind != "tiff" and (gt_path or opts.rescale or opts.normalize_output):
+        log.info("%s holds the restored image only; the ground truth and output range options shape only "
+                 "the restored values", output_path.name)
+    check_output_path(output_path, [input_path] + ([gt_path] if gt_path else []))
+    image = open_input(input_path, opts.dataset)
+    try:
+        job = _plan(model, input_path, output_path, gt_path, opts, image, kind)
+    except BaseException:
+        image.close()
+        raise
+    check_free_space(output_path, job.out.nbytes, f"the output {output_path.name}")
+    return job
+
+
+def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | None, opts: ApplyOptions,
+          image: ImageData, kind: str) -> ApplyJob:
+    card = model.card
+    shape = image.shape
+    data_axes = resolve_data_axes(_dummy(shape), card, opts.axes, image.axes)
+    loop, _ = split_loop_axes(data_axes, card)
+    centre = centre_frame_model(card)
+    layout = model.in_layout.with_loop(loop)
+    internal_shape = to_internal(_dummy(shape), data_axes, layout).shape
+    if centre:
+        frames = shape[data_axes.index("t")]
+        model.frame_window(frames, 0)  # refuses a movie shorter than the window
+        spatial = {a: shape[data_axes.index(a)] for a in model.in_layout.tiled}
+        n_tiles = frames * model.make_plan(spatial, opts.tile, opts.overlap, opts.stitch, opts.batch,
+                                           opts.window).plan.n_tiles
+        order = "t" + model.out_layout.tiled
+        out_internal = (card.output.channels, frames) + tuple(
+            int(round(spatial[a] * card.output.scale.get(a, 1.0))) for a in model.out_layout.tiled)
+    else:
+        model._check_time_window(_dummy(internal_shape))
+        rp = model.plan_for(_dummy(internal_shape), data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch,
+                            opts.window)
+        n_tiles = rp.plan.n_tiles
+        order = layout.all_tiled
+        out_internal = model.output_shape(internal_shape)
+    if opts.rescale and gt_path is None:
+        raise ConfigError("--rescale fits the output to a ground truth; pass one with -g.")
+    if gt_path is not None:
+        with open_input(gt_path, opts.dataset) as gt:
+            if gt.shape != shape:
+                raise InputError(f"the ground truth {gt_path} has shape {gt.shape}, the input {input_path} has "
+                                 f"{shape}; they must match. Pass the GT of this image.")
+    in_channels = shape[data_axes.index("c")] if "c" in data_axes else 1
+    same_grid = all(abs(float(s) - 1.0) < 1e-9 for s in card.output.scale.values())
+    raw_channels = in_channels if kind == "tiff" and same_grid else 0
+    gt_channels = in_channels if raw_channels and gt_path is not None else 0
+    c_out = card.output.channels
+    total = raw_channels + c_out + gt_channels
+    keep_c = total > 1 or "c" in data_axes
+    sink_axes = "c" + order
+    out_axes = file_axes(kind, sink_axes if keep_c else order)
+    sizes = dict(zip(sink_axes, (total,) + tuple(out_internal[1:])))
+    names = None
+    if kind == "tiff" and keep_c:
+        names = (_names("Raw", raw_channels) + _names("Restored", c_out) + _names("Ground Truth", gt_channels))
+    dtype = {8: np.uint8, 16: np.uint16, 32: np.float32}[opts.bits]
+    scale = {a: 1.0 / float(card.output.scale.get(a, 1.0)) for a in out_axes if a in "zyx"}
+    out = OutputSpec(output_path, kind, out_axes, tuple(sizes[a] for a in out_axes), np.dtype(dtype),
+                     fmt=tiff_format(output_path, opts.fmt) if kind == "tiff" else None, channel_names=names,
+                     dataset=opts.output_dataset, scale=scale,
+                     attrs={"scopert_model": model.path.name, "scopert_input": input_path.name})
+    in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output
+    return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,
+                    raw_channels, in_memory, n_tiles)
+
+
+def _names(base: str, n: int) -> list[str]:
+    return [base] if n == 1 else [f"{base} {i}" for i in range(n)]
+
+
+class _FileSink:
+    """Turns pipeline slabs (C_out, n, ...) into output planes: raw channels beside them, bit depth, file order."""
+
+    def __init__(self, job: ApplyJob, writer, raw: Callable[[int, int], np.ndarray] | None) -> None:
+        self.job, self.writer, self.raw = job, writer, raw
+        axes = job.sink_axes if "c" in job.out.axes else job.sink_axes[1:]
+        self.perm = [axes.index(a) for a in job.out.axes]
+        self.slab_axis = job.out.axes.index(job.sink_axes[1])
+
+    def write(self, slab: np.ndarray, start: int) -> None:
+        for k in range(slab.shape[1]):  # plane by plane: no second copy of a whole slab
+            plane = slab[:, k:k + 1]
+            if self.raw is not None:
+                plane = np.concatenate([self.raw(start + k, start + k + 1), plane], 0)
+            self.put(plane, start + k)
+
+    def put(self, block: np.ndarray, start: int) -> None:
+        """Write ``block`` (channels, n, ...) in the sink's axes at ``start`` along the slab axis."""
+        if "c" not in self.job.out.axes:
+            block = block[0]
+        data = np.transpose(to_bit_depth(block, self.job.opts.bits), self.perm)
+        region = [slice(None)] * data.ndim
+        region[self.slab_axis] = slice(start, start + data.shape[self.slab_axis])
+        self.writer.write(tuple(region), data)
+
+
+def _sink_view(array, data_axes: str, sink_axes: str):
+    """The input arranged in the sink's axes (channels first), read lazily where the input is lazy."""
+    return to_internal(array, data_axes, Layout("", "c", sink_axes[1:]))
+
+
+def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> ApplyResult:
+    """Run a planned job: restore and write the output (atomically)."""
+    model, opts = job.model, job.opts
+    t0 = time.perf_counter()
+    array = job.image.array
+    nbytes = int(np.prod(job.image.shape, dtype=np.int64)) * np.dtype(job.image.dtype).itemsize
+    lazy = not job.in_memory and nbytes > opts.in_memory_bytes
+    if not lazy:  # slicing reads every kind of lazy array (slab reader, h5py, zarr) into memory
+        array = np.asarray(array[(slice(None),) * len(job.image.shape)])
+    stream = not job.in_memory and (job.out.kind != "tiff" or job.out.axes[0] == job.sink_axes[1])
+    if job.in_memory:
+        _run_in_memory(job, array, progress)
+    else:
+        internal, data_axes, norm = model.prepare(array, job.data_axes, opts.p_min, opts.p_max)
+        rp = model.plan_for(internal, data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch, opts.window)
+        raw_view = _sink_view(array, job.data_axes, job.sink_axes) if job.raw_channels else None
+        with open_writer(job.out, stream=stream) as writer:
+            sink = _FileSink(job, writer, None if raw_view is None else
+                             (lambda lo, hi: norm(np.asarray(raw_view[:, lo:hi]))))
+            model._run(internal, norm, rp, sink, progress)
+    seconds = time.perf_counter() - t0
+    stats = dict(model.last_stats.__dict__) if model.last_stats else {}
+    stats.pop("stages", None)
+    voxels = float(np.prod(job.image.shape))
+    log.info("%s -> %s: %s in %.2f s (%.2f Mvox/s)%s%s", job.input_path.name, job.output_path.name,
+             job.image.shape, seconds, voxels / seconds / 1e6, ", read tile by tile" if lazy else "",
+             ", written slab by slab" if stream else "")
+    return ApplyResult(job.input_path, job.output_path, job.image.shape, seconds, voxels / seconds, stream, lazy,
+                       stats)
+
+
+def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> None:
+    """Compose the whole output first: -g, --rescale, the 0..1 range and frame-window models need it."""
+    model, opts = job.model, job.opts
+    norm = fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)
+    restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
+                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
+    out_axes = model.output_axes(job.data_axes)
+    channels = {"restored": _sink_view(restored, out_axes, job.sink_axes)}
+    if job.raw_channels:
+        channels["raw"] = norm(_sink_view(array, job.data_axes, job.sink_axes))
+    if job.gt_path is not None:
+        with open_input(job.gt_path, opts.dataset) as gt:
+            gt_array = np.asarray(gt.array)
+        gt_norm = fit_normalization(gt_array, model.card.normalization, opts.p_min, opts.p_max)
+        channels["gt"] = gt_norm(_sink_view(gt_array, job.data_axes, job.sink_axes))
+    channels = _finish_channels(channels, opts)
+    written = [channels["raw"]] if job.raw_channels else []
+    written.append(channels["restored"])
+    if job.raw_channels and "gt" in channels:
+        written.append(channels["gt"])
+    with open_writer(job.out, stream=False) as writer:
+        _FileSink(job, writer, None).put(np.concatenate(written, 0), 0)
+
+
+def _finish_channels(channels: dict[str, np.ndarray], opts: ApplyOptions) -> dict[str, np.ndarray]:
+    """--rescale (affine least-squares fit of the restored image to the GT, as CARE) or each channel to [0, 1]."""
     if opts.rescale:
-        if gt_index is None:
-            raise ConfigError("--rescale needs a ground truth (-g).")
-        restored, gt = channels[1].astype(np.float64), channels[gt_index].astype(np.float64)
+        restored, gt = channels["restored"].astype(np.float64), channels["gt"].astype(np.float64)
         cov = np.cov(restored.ravel(), gt.ravel())
         a = cov[0, 1] / cov[0, 0] if cov[0, 0] > 0 else 1.0
         b = gt.mean() - a * restored.mean()
-        channels[1] = (a * restored + b).astype(np.float32)
+        channels["restored"] = (a * restored + b).astype(np.float32)
     if opts.normalize_output:
-        out = []
-        for ch in channels:
+        out = {}
+        for name, ch in channels.items():
             lo, hi = float(ch.min()), float(ch.max())
-            out.append(((ch - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(ch, np.float32))
+            out[name] = ((ch - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(ch, np.float32)
         channels = out
     return channels
 
 
 def apply_file(model: Model, input_path: str | Path, output_path: str | Path, gt_path: str | Path | None = None,
                opts: ApplyOptions | None = None, progress: Callable[[int], None] | None = None) -> ApplyResult:
-    """Restore one file; the output holds raw, restored (and GT) channels, written atomically."""
-    import time
+    """Restore one file; the output is written atomically (see the module doc for its channels)."""
+    with plan_apply(model, input_path, output_path, gt_path, opts) as job:
+        return run_apply(job, progress)
 
-    opts = opts or ApplyOptions()
-    input_path, output_path = Path(input_path), Path(output_path)
-    check_output_path(output_path, [input_path] + ([Path(gt_path)] if gt_path else []))
-    t0 = time.perf_counter()
-    if _can_stream(model, input_path, output_path, gt_path, opts):
-        stats = _apply_streamed(model, input_path, output_path, opts, progress)
-        shape = stats.pop("shape")
-        streamed = True
-    else:
-        shape = _apply_in_memory(model, input_path, output_path, gt_path, opts, progress)
-        stats = model.last_stats.__dict__.copy() if model.last_stats else {}
-        stats.pop("stages", None)
-        streamed = False
-    seconds = time.perf_counter() - t0
-    voxels = float(np.prod(shape))
-    log.info("%s -> %s: %s in %.2f s (%.2f Mvox/s)%s", input_path.name, output_path.name, shape, seconds,
-             voxels / seconds / 1e6, " streamed" if streamed else "")
-    return ApplyResult(input_path, output_path, tuple(shape), seconds, voxels / seconds, streamed, stats)
-
-
-def _can_stream(model: Model, input_path: Path, output_path: Path, gt_path, opts: ApplyOptions) -> bool:
-    card = model.card
-    return (input_path.suffix.lower() in (".tif", ".tiff") and output_path.suffix.lower() in (".tif", ".tiff")
-            and gt_path is None and not opts.rescale and not opts.normalize_output and opts.fmt == "imagej"
-            and card.input.axes == "bczyx" and card.input.channels == 1 and opts.axes in (None, "zyx"))
-
-
-def _apply_streamed(model: Model, input_path: Path, output_path: Path, opts: ApplyOptions, progress) -> dict:
-    # Two readers: the pipeline's reader thread and the writer (raw channel) each seek their own file handle.
-    with TiffSlabReader(input_path) as reader, TiffSlabReader(input_path) as raw_reader:
-        if len(reader.shape) != 3:
-            raise InputError(f"{input_path} has shape {reader.shape} (axes {reader.axes}); the 3D model takes zyx.")
-        volume = SlabVolume(reader)
-        norm = fit_normalization(volume, model.card.normalization, opts.p_min, opts.p_max)
-        c_out = model.card.output.channels
-        out_shape = model.output_shape((1,) + reader.shape)  # (C_out, z, y, x)
-        scale = [o / i for o, i in zip(out_shape[1:], reader.shape)]
-        channels = 1 + c_out
-        names = ["Raw"] + (["Restored"] if c_out == 1 else [f"Restored {i}" for i in range(c_out)])
-        same_grid = all(abs(s - 1.0) < 1e-9 for s in scale)
-        if not same_grid:
-            channels, names = c_out, names[1:]
-        with TiffStreamWriter(output_path, (out_shape[1], channels) + out_shape[2:], np.float32, "zcyx",
-                              fmt="imagej", channel_names=names, bits=opts.bits) as writer:
-
-            class Sink:
-                """Writes each output plane as it is composed, so no second copy of the slab is made."""
-
-                def write(self, slab: np.ndarray, start: int) -> None:
-                    for k in range(slab.shape[1]):
-                        if same_grid:
-                            raw = norm(raw_reader.read(start + k, start + k + 1))
-                            plane = np.concatenate([raw, slab[:, k]], 0)
-                        else:
-                            plane = slab[:, k]
-                        writer.write(plane[None])
-
-            stats = model.predict_to(volume, Sink(), opts.tile, opts.overlap, opts.stitch, opts.batch,
-                                     window=opts.window, progress=progress)
-    return {"shape": reader.shape, "tiles": stats.tiles, "seconds": stats.seconds,
-            "voxels_per_s": stats.voxels_per_s}
-
-
-def _apply_in_memory(model: Model, input_path: Path, output_path: Path, gt_path, opts: ApplyOptions,
-                     progress) -> tuple[int, ...]:
-    with read_image(input_path, dataset=opts.dataset) as image:
-        array = np.asarray(image.array)
-        axes = opts.axes or _model_axes_from_file(model, image.axes, array)
-    restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=axes,
-                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
-    out_axes = model.output_axes(axes)
-    if output_path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        write_image(output_path, restored, axes=out_axes, dataset=opts.output_dataset)
-        return array.shape
-    gt = None
-    if gt_path is not None:
-        with read_image(gt_path, dataset=opts.dataset) as gt_image:
-            gt = np.asarray(gt_image.array)
-        if gt.shape != array.shape:
-            raise InputError(f"the ground truth {gt_path} has shape {gt.shape}, the input {input_path} has "
-                             f"{array.shape}; they must match. Pass the GT of this image.")
-    if "c" in out_axes or restored.shape != array.shape:
-        channels = [restored]  # multi-channel or rescaled outputs are written alone
-        names = ["Restored"]
-        stack_axes = out_axes
-    else:
-        channels = [_normalized(array, model, opts), restored]
-        names = ["Raw", "Restored"]
-        if gt is not None:
-            channels.append(_normalized(gt, model, opts))
-            names.append("Ground Truth")
-        channels = _finish_channels(channels, opts, 2 if gt is not None else None)
-        channels = [np.stack(channels)]
-        stack_axes = "c" + out_axes
-    result = channels[0]
-    write_image(output_path, to_bit_depth(result, opts.bits), axes=stack_axes, fmt=opts.fmt, channel_names=names)
-    return array.shape
-
-
-def _model_axes_from_file(model: Model, file_axes: str | None, array: np.ndarray) -> str:
-    """The file's axes when the model accepts them; otherwise the model's layout for this many dimensions."""
-    from scopert.runtime.layout import data_axes_candidates, resolve_data_axes
-
-    if file_axes and file_axes in data_axes_candidates(model.card):
-        return file_axes
-    return resolve_data_axes(array, model.card, None)

@@ -19,7 +19,7 @@ from scopert.card import ModelCard, Normalization, TensorSpec, card_from_metadat
 from scopert.errors import CardError, ConfigError, InputError
 from scopert.runtime.backends import open_backend
 from scopert.runtime.io import check_array
-from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, to_internal
+from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, split_loop_axes, to_internal
 from scopert.runtime.normalize import AppliedNormalization, fit_normalization
 from scopert.runtime.pipeline import Inference, PipelineStats, run_pipeline
 from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, SlabSink
@@ -117,9 +117,15 @@ class Model:
         return dict(zip(layout.tiled, internal.shape[1:]))
 
     def default_tile(self, shape: dict[str, int]) -> dict[str, int]:
-        """The card's default tile, or a size that keeps the halo overhead modest."""
+        """The card's default tile, or a size that keeps the halo overhead modest. A backend with fixed shapes
+        (a TensorRT engine: ``tile_range`` gives (min, opt, max) per axis) gets the tile it was built for."""
+        fixed = getattr(self.backend, "tile_range", None)
+        ranges = fixed() if callable(fixed) else {}
         tile = {}
         for ax, n in shape.items():
+            if ax in ranges:  # the engine's opt tile: every batch of it fits the profile
+                tile[ax] = int(ranges[ax][1])
+                continue
             d = self.card.input.divisor.get(ax, 1)
             h = self.card.halo.get(ax, 0)
             base = self.card.default_tile.get(ax)
@@ -134,16 +140,26 @@ class Model:
         return {ax: float(out.get(ax, 1.0)) for ax in self.in_layout.tiled}
 
     def make_plan(self, shape: dict[str, int], tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
-                  window: str = "gaussian") -> RunPlan:
+                  window: str = "gaussian", loop: str = "") -> RunPlan:
+        """Plan a run over ``shape`` (tiled axes, slowest first; loop axes first of all).
+
+        ``tile`` and ``overlap`` name the model's own axes; loop axes (planes a 2D model runs over) get tiles
+        of one plane and no halo, and several planes share a batch (default 4 tiles per call)."""
         if stitch not in STITCH_MODES:
             raise ConfigError(f"stitch={stitch!r}; choose one of {', '.join(STITCH_MODES)}.")
         if stitch == "auto":
             stitch = "crop" if self.card.tile_invariant else "blend"
-        tiles = self.default_tile(shape) if tile is None else _per_axis(tile, shape, "tile")
-        overlaps = None if overlap is None else _per_axis(overlap, shape, "overlap")
+        if batch is not None and batch < 1:
+            raise ConfigError(f"batch {batch}: give at least 1 tile per inference call.")
+        own = {ax: n for ax, n in shape.items() if ax not in loop}
+        tiles = self.default_tile(own) if tile is None else _per_axis(tile, own, "tile")
+        overlaps = None if overlap is None else _per_axis(overlap, own, "overlap")
+        if loop:
+            tiles = {**{ax: 1 for ax in loop}, **tiles}
+            overlaps = None if overlaps is None else {**{ax: 0 for ax in loop}, **overlaps}
         plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps)
-        return RunPlan(plan, self.in_layout, self.out_layout, self.card.output.channels, stitch,
-                       batch or 1, window)
+        return RunPlan(plan, self.in_layout.with_loop(loop), self.out_layout.with_loop(loop),
+                       self.card.output.channels, stitch, batch or (4 if loop else 1), window)
 
     # ---- running -------------------------------------------------------------------------------------
     def _run(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,
@@ -161,7 +177,7 @@ class Model:
         checked = {}
 
         def to_tiles(model_out: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
-            out = self.out_layout.from_model(model_out)
+            out = rp.out_layout.from_model(model_out)
             if not checked:
                 want = (rp.out_channels,) + tuple(int(round(n * ap.scale)) for n, ap in zip(in_shape[2:], plan.plans))
                 if tuple(out.shape[1:]) != want:
@@ -174,30 +190,43 @@ class Model:
 
         in_flight = int(getattr(self.backend, "max_in_flight", 1))
         if in_flight > 1:  # a backend with several slots: keep them all busy (see pipeline.Inference)
-            infer = Inference(lambda batch: (self.backend.submit(self.in_layout.to_model(batch)), batch.shape),
+            infer = Inference(lambda batch: (self.backend.submit(rp.in_layout.to_model(batch)), batch.shape),
                               lambda sent: to_tiles(self.backend.collect(sent[0]), sent[1]), in_flight)
         else:
             infer = Inference.blocking(
-                lambda batch: to_tiles(self.backend.run(self.in_layout.to_model(batch)), batch.shape))
+                lambda batch: to_tiles(self.backend.run(rp.in_layout.to_model(batch)), batch.shape))
         stats = run_pipeline(plan, read_tile, infer, make_stitcher, sink, batch=rp.batch, on_tile=progress)
         self.last_stats = stats
         return stats
 
     def prepare(self, array: np.ndarray, axes: str | None = None, pmin: float | None = None,
-                pmax: float | None = None) -> tuple[np.ndarray, str, AppliedNormalization]:
-        """Check the input, resolve its axes, and fit the normalization once for the whole input."""
-        check_array(array)
-        data_axes = resolve_data_axes(array, self.card, axes)
-        internal = to_internal(array, data_axes, self.in_layout)
+                pmax: float | None = None, *, file_axes: str | None = None,
+                check: bool = True) -> tuple[np.ndarray, str, AppliedNormalization]:
+        """Check the input, resolve its axes, and fit the normalization once for the whole input.
+
+        The internal array is ``(C, *loop, *tiled)`` (see ``layout``); ``split_loop_axes(data_axes, card)``
+        names the loop axes. ``check=False`` skips the NaN/Inf scan for a caller that already ran it."""
+        if check:
+            check_array(array)
+        data_axes = resolve_data_axes(array, self.card, axes, file_axes)
+        loop, _ = split_loop_axes(data_axes, self.card)
+        internal = to_internal(array, data_axes, self.in_layout.with_loop(loop))
         if internal.shape[0] != self.card.input.channels and "c" in self.card.input.axes:
             raise InputError(f"the input has {internal.shape[0]} channels; the model takes {self.card.input.channels}.")
         norm = fit_normalization(array, self.card.normalization, pmin, pmax)
         return internal, data_axes, norm
 
+    def plan_for(self, internal, data_axes: str, tile=None, overlap=None, stitch: str = "auto",
+                 batch: int | None = None, window: str = "gaussian") -> RunPlan:
+        """The run plan for a prepared internal array (loop axes included)."""
+        loop, _ = split_loop_axes(data_axes, self.card)
+        shape = dict(zip(self.in_layout.with_loop(loop).all_tiled, internal.shape[1:]))
+        return self.make_plan(shape, tile, overlap, stitch, batch, window, loop)
+
     def _check_time_window(self, internal) -> None:
-        """A 2D+t model needs at least its time window of frames."""
+        """A 2D+t model needs at least its time window of frames (the time axis is the last before y, x)."""
         if "t" in self.in_layout.tiled and self.card.input.time_window:
-            frames = internal.shape[1 + self.in_layout.tiled.index("t")]
+            frames = internal.shape[len(internal.shape) - len(self.in_layout.tiled) + self.in_layout.tiled.index("t")]
             if frames < self.card.input.time_window:
                 raise InputError(f"the movie has {frames} frames, fewer than the model's time window of "
                                  f"{self.card.input.time_window}; give at least {self.card.input.time_window} frames.")
@@ -209,9 +238,12 @@ class Model:
         return data_axes if "c" in data_axes else "c" + data_axes
 
     def output_shape(self, internal_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(C_out, *loop, *tiled) output sizes for an internal input shape (loop axes keep their size)."""
         scales = self._scales()
-        return (self.card.output.channels,) + tuple(
-            int(round(n * scales[ax])) for ax, n in zip(self.in_layout.tiled, internal_shape[1:]))
+        tiled = internal_shape[len(internal_shape) - len(self.in_layout.tiled):]
+        loop = internal_shape[1:len(internal_shape) - len(self.in_layout.tiled)]
+        return (self.card.output.channels,) + tuple(loop) + tuple(
+            int(round(n * scales[ax])) for ax, n in zip(self.in_layout.tiled, tiled))
 
     def predict(self, array: np.ndarray, tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
                 *, axes: str | None = None, pmin: float | None = None, pmax: float | None = None,
@@ -221,7 +253,7 @@ class Model:
             return self._predict_frames(array, tile, overlap, stitch, batch, axes, window, progress)
         internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
         self._check_time_window(internal)
-        rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
+        rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         out = np.empty(self.output_shape(internal.shape), np.float32)
         self._run(internal, norm, rp, ArraySink(out), progress)
         return self._to_data_layout(out, data_axes)
@@ -231,9 +263,9 @@ class Model:
                    pmax: float | None = None, window: str = "gaussian",
                    progress: Callable[[int], None] | None = None) -> PipelineStats:
         """Like ``predict`` but hands (C, n, ...) output slabs to ``sink`` as they complete (bounded memory)."""
-        internal, _, norm = self.prepare(array, axes, pmin, pmax)
+        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
         self._check_time_window(internal)
-        rp = self.make_plan(dict(zip(self.in_layout.tiled, internal.shape[1:])), tile, overlap, stitch, batch, window)
+        rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         return self._run(internal, norm, rp, sink, progress)
 
     def n_tiles(self, shape: tuple[int, ...], axes: str | None = None, tile=None, overlap=None,
@@ -246,12 +278,13 @@ class Model:
             frames = shape[data_axes.index("t")]
             spatial = {a: shape[data_axes.index(a)] for a in layout.tiled}
             return frames * self.make_plan(spatial, tile, overlap, stitch).plan.n_tiles
-        internal_shape = to_internal(dummy, data_axes, layout).shape
-        return self.make_plan(dict(zip(layout.tiled, internal_shape[1:])), tile, overlap, stitch).plan.n_tiles
+        loop, _ = split_loop_axes(data_axes, self.card)
+        internal = to_internal(dummy, data_axes, layout.with_loop(loop))
+        return self.plan_for(internal, data_axes, tile, overlap, stitch).plan.n_tiles
 
     def _to_data_layout(self, out: np.ndarray, data_axes: str) -> np.ndarray:
         out_axes = self.output_axes(data_axes)
-        internal_axes = "c" + self.in_layout.tiled
+        internal_axes = "c" + split_loop_axes(data_axes, self.card)[0] + self.in_layout.tiled
         if "c" not in out_axes:
             return out[0]
         return np.transpose(out, [internal_axes.index(a) for a in out_axes])
@@ -330,7 +363,8 @@ def tile_input(internal, norm: AppliedNormalization, plan: TilePlan, tile) -> np
         pads.append((lo - at.start, at.start + at.size - hi))
     block = norm(np.asarray(internal[tuple(src)]))
     if any(p != (0, 0) for p in pads):
-        block = np.pad(block, pads, mode="reflect" if min(block.shape[1:]) > 1 else "edge")
+        padded = [n for n, p in zip(block.shape, pads) if p != (0, 0)]  # one-plane loop axes are never padded
+        block = np.pad(block, pads, mode="reflect" if min(padded) > 1 else "edge")
     return block
 
 

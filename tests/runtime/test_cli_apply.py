@@ -83,10 +83,10 @@ def test_apply_folder_mode_and_hdf5(models, tmp_path, data_dir):
         assert f["predictions"].shape == (4, 48, 48)
 
 
-def test_wrong_number_of_axes(models, tmp_path, data_dir):
+def test_wrong_number_of_axes(models, tmp_path, w2s_slice):
+    """A 3D model cannot restore a single 2D image (a 2D model on a stack runs plane by plane instead)."""
     out = tmp_path / "o.tif"
-    res = run_cli("apply", "-m", models / "m2d.onnx", "-i",
-                  data_dir / "isbi2012_em" / "isbi2012_train_volume.tif", "-o", out)
+    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", w2s_slice, "-o", out)
     expect_clean_error(res, "wrong number of axes", "--axes", out=out)
 
 
