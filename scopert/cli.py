@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from scopert.commands.util import parse_ints as _tuple
+from scopert.commands.util import progress_bar
 from scopert.errors import ConfigError, ScopertError
 
 
@@ -37,7 +38,8 @@ def cli(verbose: int) -> None:
 @click.option("-O", "--block_overlap_shape", help="Tile overlap for blend stitching, e.g. 2,32,32.")
 @click.option("--normalize_output_range_between_zero_and_one", "normalize_output", is_flag=True)
 @click.option("--rescale", is_flag=True, help="Affine least-squares fit of the output to the GT (as CARE).")
-@click.option("-f", "--output_tiff_format", "fmt", type=click.Choice(["imagej", "ome"]), default="imagej")
+@click.option("-f", "--output_tiff_format", "fmt", type=click.Choice(["imagej", "ome"]),
+              help="TIFF outputs: ImageJ hyperstack or OME-TIFF (default: OME for a .ome.tif name, else ImageJ).")
 @click.option("--p_min", type=float, help="Lower input percentile (default: the card's).")
 @click.option("--p_max", type=float, help="Upper input percentile (default: the card's).")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="auto")
@@ -48,48 +50,49 @@ def cli(verbose: int) -> None:
 @click.option("--dataset", help="HDF5/Zarr input dataset (default raw).")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16 on OpenVINO only where the CPU supports it and the accuracy gate passes.")
+@click.option("--suffix", "out_suffix", help="Folder mode: output suffix (.tif, .ome.tif, .h5, .zarr); default: "
+              "the input's name.")
+@click.option("--overwrite", is_flag=True, help="Folder mode: redo outputs that exist (default: skip them, "
+              "so an interrupted folder run resumes).")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
-          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision) -> None:
-    """Restore an image or a folder of images (the options of 3D-RCAN's apply.py)."""
-    from tqdm import tqdm
+          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, out_suffix,
+          overwrite) -> None:
+    """Restore an image or a folder of images (the options of 3D-RCAN's apply.py).
 
+    Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
+    a z-stack or time-lapse (the file's axes say which); the output keeps the input's axes."""
+    from scopert.commands.apply_paths import plan_folder, check_paths
     from scopert.runtime import load
-    from scopert.runtime.apply import ApplyOptions, apply_file
-    from scopert.runtime.io import list_images
+    from scopert.runtime.apply import ApplyOptions, plan_apply, run_apply
 
     model_axes = axes if axes and axes.startswith("b") else None
-    data_axes = None if model_axes else axes
-    inp = Path(input_path)
+    opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
+                        batch=batch, axes=None if model_axes else axes, bits=int(bits), fmt=fmt,
+                        normalize_output=normalize_output, rescale=rescale, p_min=p_min, p_max=p_max,
+                        dataset=dataset)
+    inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
+    check_paths(inp, out, gt, out_suffix, fmt)  # before the model loads: a wrong path fails at once
     calibration = None
     if precision != "f32":  # the bf16 gate measures on real tiles of the (first) input
         import numpy as np
 
-        from scopert.runtime.io import read_image
+        from scopert.runtime.apply import open_input
+        from scopert.runtime.io import list_images
 
-        with read_image(list_images(inp)[0] if inp.is_dir() else inp, dataset=dataset) as first:
+        with open_input(list_images(inp)[0] if inp.is_dir() else inp, dataset) as first:
             calibration = np.asarray(first.array)
     model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
                  calibration=calibration)
-    opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
-                        batch=batch, axes=data_axes, bits=int(bits), fmt=fmt, normalize_output=normalize_output,
-                        rescale=rescale, p_min=p_min, p_max=p_max, dataset=dataset)
-    out = Path(output_path)
     if inp.is_dir():
-        if out.suffix:
-            raise ConfigError(f"-i {inp} is a folder, so -o must be a folder too (got {out}).")
-        jobs = [(p, out / p.name) for p in list_images(inp)]
-        gts = list_images(Path(gt_path)) if gt_path else [None] * len(jobs)
-        if len(gts) != len(jobs):
-            raise ConfigError(f"the ground-truth folder holds {len(gts)} images, the input folder {len(jobs)}; "
-                              "they must match one to one.")
+        jobs = plan_folder(model, inp, out, gt, opts, out_suffix, overwrite)
     else:
-        if not inp.exists():
-            raise ConfigError(f"-i {inp} does not exist.")
-        jobs, gts = [(inp, out)], [Path(gt_path) if gt_path else None]
+        with plan_apply(model, inp, out, gt, opts):
+            pass
+        jobs = [(inp, out, gt)]
     click.echo(f"model {model_path}: {model.card.family} on {model.backend.info.reason}", err=True)
-    for (src, dst), gt in zip(jobs, gts):
-        with tqdm(desc=src.name, unit="tile", file=sys.stderr, disable=None) as bar:
-            result = apply_file(model, src, dst, gt, opts, progress=bar.update)
+    for src, dst, gt_file in jobs:
+        with plan_apply(model, src, dst, gt_file, opts) as job, progress_bar(src.name, job.n_tiles) as bar:
+            result = run_apply(job, progress=bar.update)
         click.echo(f"{src} -> {dst}  {result.shape}  {result.seconds:.2f} s  "
                    f"{result.voxels_per_s / 1e6:.2f} Mvox/s", err=True)
 
@@ -107,7 +110,9 @@ def info(model_path) -> None:
 @click.option("--gpu-check", "gpu_check", type=click.Path(exists=True),
               help="Build a TensorRT engine for MODEL.onnx, compare it with ORT FP32 on real tiles and benchmark it.")
 @click.option("--calib", multiple=True, type=click.Path(exists=True), help="Real tiles for --gpu-check.")
-def doctor(gpu_check, calib) -> None:
+@click.option("--reference", type=click.Path(exists=True), default=None,
+              help="The FP32 ONNX that --gpu-check compares against (default: the one the FP16 card names).")
+def doctor(gpu_check, calib, reference) -> None:
     """Report the Python environment, installed backends, the automatic backend choice and GPUs."""
     from scopert.doctor import environment_report
 
@@ -116,7 +121,7 @@ def doctor(gpu_check, calib) -> None:
     if gpu_check:
         from scopert.export.gpu_check import run_gpu_check
 
-        for key, value in run_gpu_check(gpu_check, list(calib) or None).items():
+        for key, value in run_gpu_check(gpu_check, list(calib) or None, reference_onnx=reference).items():
             click.echo(f"{key:>22}: {value}")
 
 
@@ -259,21 +264,82 @@ def _add_optional_commands() -> None:
 _add_optional_commands()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so it unwinds like Ctrl-C: atomic writers delete their temporaries."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _verbose(argv: list[str]) -> bool:
+    """Whether -v/--verbose was given before the command name (the group's option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg == "--verbose" or (arg[1:2] != "-" and "v" in arg[1:]):
+            return True
+    return False
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _interrupted(exc: BaseException) -> int:
+    """The one line and exit status for Ctrl-C (130) or SIGTERM (143); click turns both into Abort."""
+    cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+    if isinstance(cause, Terminated):
+        what, code = "terminated (SIGTERM)", 143
+    elif isinstance(cause, KeyboardInterrupt):
+        what, code = "interrupted (Ctrl-C)", 130
+    else:
+        click.echo("aborted", err=True)
+        return 130
+    click.echo(f"{what}: unfinished outputs were removed, finished ones kept; rerun the same command to "
+               "complete the run (`scopert train` resumes after the last finished epoch)", err=True)
+    return code
+
+
 def main() -> None:
+    """Run the CLI: every failure ends in one line on stderr and an exit status, never a bare traceback.
+
+    Exit 2: bad usage or input (``ScopertError`` subclasses say which); 1: a run that failed (a full disk, a
+    backend that raised, a bug: the traceback is printed with -v); 130/143: Ctrl-C/SIGTERM, after the
+    atomic writers removed their temporaries.
+    """
+    import signal
+
+    from scopert.runtime.io.atomic import DiskFullError, disk_full_cause, disk_full_message
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    verbose = _verbose(sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        sys.exit(_interrupted(exc))
+    except KeyboardInterrupt as exc:
+        sys.exit(_interrupted(exc))
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except ScopertError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; outputs that were not finished were not written", err=True)
-        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        full = disk_full_cause(exc)
+        if isinstance(exc, ScopertError) and (full is None or isinstance(exc, DiskFullError)):
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        if full is not None:
+            message = f"disk full: {exc}" if isinstance(exc, ScopertError) else disk_full_message(None, full)
+            click.echo(f"error: {_one_line(message)}", err=True)
+        else:
+            click.echo(f"error: the run failed with {type(exc).__name__}: {_one_line(exc, 300)} (unexpected: "
+                       "rerun with `scopert -v ...` for the traceback and report it)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

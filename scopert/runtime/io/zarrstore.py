@@ -60,6 +60,14 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
     except Exception as e:  # zarr raises several types for a folder that is not a store
         raise InputError(f"{path} cannot be opened as Zarr ({type(e).__name__}: {e}); check that it is a Zarr store") from e
     name: str | None = None
+    ome_axes = None
+    if not hasattr(node, "shape") and "multiscales" in node.attrs and dataset not in _array_names(node):
+        from scopert.runtime.io.omezarr import read_multiscales_level0
+
+        try:  # an OME-Zarr image: its full-resolution level, with the axes its metadata names
+            dataset, ome_axes = read_multiscales_level0(node)
+        except ValueError as e:
+            raise InputError(f"{path} has OME-Zarr metadata that cannot be read ({e}); pass --dataset") from e
     if not hasattr(node, "shape"):  # a group
         found = _array_names(node)
         if dataset not in found:
@@ -68,7 +76,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
                 "pass one of them as the dataset name"
             )
         node, name = node[dataset], dataset
-    raw = node.attrs.get("axes")
+    raw = node.attrs.get("axes", ome_axes)
     axes = None
     if isinstance(raw, str):
         low = raw.lower()
