@@ -261,9 +261,14 @@ class Model:
     def predict_to(self, array: np.ndarray, sink: SlabSink, tile=None, overlap=None, stitch: str = "auto",
                    batch: int | None = None, *, axes: str | None = None, pmin: float | None = None,
                    pmax: float | None = None, window: str = "gaussian",
-                   progress: Callable[[int], None] | None = None) -> PipelineStats:
-        """Like ``predict`` but hands (C, n, ...) output slabs to ``sink`` as they complete (bounded memory)."""
-        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
+                   progress: Callable[[int], None] | None = None,
+                   norm: AppliedNormalization | None = None) -> PipelineStats:
+        """Like ``predict`` but hands (C, n, ...) output slabs to ``sink`` as they complete (bounded memory).
+
+        ``norm`` fixes the normalization (fitted once on a whole volume, e.g. by a client that splits it into
+        blocks), so the result does not depend on which part of the volume ``array`` is."""
+        internal, data_axes, fitted = self.prepare(array, axes, pmin, pmax)
+        norm = norm or fitted
         self._check_time_window(internal)
         rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         return self._run(internal, norm, rp, sink, progress)
