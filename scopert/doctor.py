@@ -10,6 +10,7 @@ import importlib.util
 import platform
 import shutil
 import subprocess
+from typing import Any
 
 
 def _version(dist: str) -> str | None:
@@ -43,6 +44,7 @@ def environment_report() -> dict[str, str]:
 
         report["ort providers"] = ", ".join(ort.get_available_providers())
     report["gpu"] = gpu_name() or "none visible"
+    report.update(cuda_report())
     runtime = "ort (ONNX Runtime CPU)"
     if report["gpu"] != "none visible" and report["tensorrt"] != "not installed":
         runtime = "trt engines (build with `scopert build`), else ort with CUDA"
@@ -50,6 +52,27 @@ def environment_report() -> dict[str, str]:
     report.update(backend_choice_report())
     report["default backend"] = report["auto backend"].split(":")[0]
     return report
+
+
+def cuda_report(cudart: Any = None) -> dict[str, str]:
+    """What cuda-python's runtime sees: the GPUs, or why none (a driver older than cuda-python's CUDA major is
+    named as a driver/runtime mismatch with its fix, not as 'no GPU'). Never raises."""
+    from scopert.errors import BackendError
+    from scopert.runtime.backends.cuda_adapter import CudaRuntime, import_cudart
+
+    if cudart is None:
+        if importlib.util.find_spec("cuda") is None:
+            return {"cuda": "cuda-python not installed (the TensorRT backend needs it: scopert[gpu-cu12] or "
+                            "scopert[gpu-cu13])"}
+        try:
+            cudart = import_cudart()
+        except BackendError as exc:
+            return {"cuda": str(exc)}
+    try:
+        probe = CudaRuntime(cudart).probe()
+    except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised
+        return {"cuda": f"cuda-python cannot query CUDA ({type(exc).__name__}: {exc})"}
+    return {"cuda": probe.explain()}
 
 
 def backend_choice_report() -> dict[str, str]:

@@ -1,11 +1,15 @@
 """``scopert doctor --gpu-check MODEL.onnx``: build the engine, compare it with ORT FP32 on real tiles, benchmark.
 
 Steps: TensorRT + GPU present (else BackendError, exit 2, naming what is missing and that ONNX Runtime runs
-instead); ``trt_builder.build_engine``; real calibration tiles (``precision.load_calibration``); ORT CPU FP32
-reference (the FP32 ONNX when given, else the model itself); PSNR, max error and NaN/Inf of the engine;
-GPU compute time (events around ``execute_async_v3`` only, like trtexec's "GPU Compute Time") and end-to-end
-host-to-host tiles/s through ``TrtBackend.run_many``; a verdict. Imports numpy, onnxruntime, ``scopert.export``
-and ``scopert.runtime.backends``; never torch.
+instead); ``trt_builder.build_engine``; real calibration tiles (``precision.load_calibration``); the ORT CPU
+reference is always an FP32 graph: ``--reference FP32.onnx``, else the FP32 export the FP16 model's card
+names (``precision.fp32_reference``, checked by sha256), else ``NAME.onnx`` beside ``NAME.fp16.onnx``, else
+the model itself when it is FP32; an FP16 model without an FP32 reference is a ConfigError (comparing the FP16
+graph with itself on ORT would hide every FP16 error). The report names the reference and how it was found.
+Then PSNR, max error and NaN/Inf of the engine; the GPU time per batch from the slot's events, which
+bracket the H2D copy, ``execute_async_v3`` and the D2H copy (so it is copy-in + execute + copy-out, not
+trtexec's compute-only "GPU Compute Time"); end-to-end host-to-host tiles/s through ``TrtBackend.run_many``;
+a verdict. Imports numpy, onnxruntime, ``scopert.export`` and ``scopert.runtime.backends``; never torch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scopert.errors import BackendError
+from scopert.card import ModelCard
+from scopert.checksum import sha256_file
+from scopert.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ def run_gpu_check(onnx_path: str | os.PathLike, calib: Sequence[str | os.PathLik
         cuda = CudaRuntime.load()
     gpu = probe_gpu(str(trt.__version__), cuda)
     card = read_card(onnx_path)
+    reference, found_by = find_fp32_reference(Path(onnx_path), card, reference_onnx)
     spatial = card.input.spatial_axes
     tiles = load_calibration(card, calib, tiles=max(2, batch), tile=dict(zip(spatial, tile)) if tile else None)
     tile_sizes = tuple(tiles.shape[1:][card.input.axes[1:].index(a)] for a in spatial)
@@ -51,7 +58,7 @@ def run_gpu_check(onnx_path: str | os.PathLike, calib: Sequence[str | os.PathLik
     backend = TrtBackend(built.engine_path, trt=trt, cuda=cuda)
     batches = [tiles[i:i + batch] for i in range(0, len(tiles) - batch + 1, batch)]
     got = np.concatenate([backend.run(b) for b in batches])
-    ref = _ort_reference(Path(reference_onnx or onnx_path), card.input.name, batches)
+    ref = _ort_reference(reference, card.input.name, batches)
     finite = np.isfinite(got)
     err = np.abs(got[finite].astype(np.float64) - ref[finite])
     peak = float(ref.max() - ref.min()) or 1.0
@@ -69,12 +76,46 @@ def run_gpu_check(onnx_path: str | os.PathLike, calib: Sequence[str | os.PathLik
     return {
         "gpu": gpu.name, "compute_capability": gpu.compute_capability, "tensorrt": gpu.trt_version,
         "engine": str(built.engine_path), "engine_reused": built.reused, "build_seconds": built.build_seconds,
-        "precision": built.key.precision, "tile": list(tile_sizes), "batch": batch,
-        "psnr_db_vs_ort_fp32": psnr, "max_abs_error": float(err.max()) if err.size else float("inf"),
+        "precision": built.key.precision, "tf32": built.key.tf32, "profiles": built.key.profiles,
+        "tile": list(tile_sizes), "batch": batch,
+        "reference_onnx": str(reference), "reference_found_by": found_by, "psnr_db_vs_ort_fp32": psnr, "max_abs_error": float(err.max()) if err.size else float("inf"),
         "nonfinite": nonfinite, "gpu_ms_per_batch_h2d_compute_d2h_median": compute_ms,
         "end_to_end_tiles_per_s": n * batch / e2e if e2e > 0 else 0.0,
         "verdict": "PASS" if ok else f"FAIL (need PSNR >= {min_psnr_db} dB and 0 NaN/Inf)",
     }
+
+
+def find_fp32_reference(onnx_path: Path, card: ModelCard,
+                        reference: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The FP32 ONNX to compare against, and how it was found (see the module docstring)."""
+    from scopert.export.trt_builder import onnx_precision
+
+    if reference is not None:
+        ref = Path(reference)
+        if not ref.is_file():
+            raise ConfigError(f"--reference {ref} does not exist; pass the FP32 export of the model.")
+        if onnx_precision(ref) != "fp32":
+            raise ConfigError(f"--reference {ref} holds FP16 tensors; pass the FP32 export (`scopert export` without "
+                              "--fp16), so the check compares the engine with FP32.")
+        return ref, "--reference"
+    if onnx_precision(onnx_path) == "fp32":
+        return onnx_path, "the model itself (FP32)"
+    recorded = card.precision.get("fp32_reference") if isinstance(card.precision, dict) else None
+    if isinstance(recorded, dict) and recorded.get("file"):
+        ref = onnx_path.parent / str(recorded["file"])
+        if ref.is_file() and sha256_file(ref) == recorded.get("sha256"):
+            return ref, "the FP16 card (precision.fp32_reference, sha256 checked)"
+        log.warning("the card names FP32 export %s, but it is %s", ref, "changed" if ref.is_file() else "missing")
+    name = onnx_path.name
+    if name.endswith(".fp16.onnx"):
+        ref = onnx_path.with_name(name[: -len(".fp16.onnx")] + ".onnx")
+        if ref.is_file() and onnx_precision(ref) == "fp32":
+            return ref, f"beside the FP16 file ({ref.name})"
+    raise ConfigError(
+        f"{onnx_path.name} is an FP16 model and its FP32 export was not found (not named in its card, no "
+        f"{name.replace('.fp16.onnx', '.onnx') if name.endswith('.fp16.onnx') else 'NAME.onnx'} beside it). Pass "
+        "it with --reference FP32.onnx: comparing the FP16 graph with itself would hide every FP16 error."
+    )
 
 
 def _ort_reference(path: Path, input_name: str, batches: list[np.ndarray]) -> np.ndarray:
@@ -86,7 +127,7 @@ def _ort_reference(path: Path, input_name: str, batches: list[np.ndarray]) -> np
 
 
 def _compute_time(backend: Any, batch: np.ndarray, repeats: int) -> float:
-    """Median GPU time of H2D+execute+D2H per batch from the slot's events (copies are a small share)."""
+    """Median GPU time per batch between the slot's events: H2D copy + execute + D2H copy (not compute only)."""
     cuda = backend._cuda
     times = []
     for _ in range(max(1, repeats)):

@@ -789,6 +789,10 @@ def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cali
     fp16 = to_fp16_graph(model, plan)
     report = predict_fp16_error(model, fp16, calib_tiles, card.input.name, plan, last)
     card.precision = plan.summary()
+    # the FP32 export this FP16 graph came from: doctor --gpu-check compares the engine against it
+    from scopert.checksum import sha256_file
+
+    card.precision["fp32_reference"] = {"file": src.name, "sha256": sha256_file(src)}
     card.verification = dict(card.verification)
     card.verification["fp16_vs_fp32"] = asdict(report)
     card.validate(where=str(out))

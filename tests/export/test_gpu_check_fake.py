@@ -1,0 +1,90 @@
+"""``doctor --gpu-check`` against fake tensorrt + fake ``cuda.bindings.runtime``: the engine is compared with FP32.
+
+The fake engine executes the engine's own ONNX on ONNX Runtime (CPU) inside the fake CUDA stream, so an FP16
+engine really differs from the FP32 graph by FP16 weight rounding; comparing with the FP16 graph itself would
+give an infinite PSNR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scopert.card import Normalization
+from scopert.errors import ConfigError
+from scopert.export.gpu_check import find_fp32_reference, run_gpu_check
+from scopert.runtime.backends.cuda_adapter import CudaRuntime
+from tests.fakes.fake_cudart import FakeCudaRuntimeModule
+from tests.fakes.fake_tensorrt import make_fake_tensorrt
+from tests.runtime.graphs import conv_stack
+
+
+def ort_executor(rt: FakeCudaRuntimeModule):
+    """A fake-TensorRT executor that runs the engine's ONNX on ORT CPU, enqueued on the fake CUDA stream."""
+    import onnxruntime as ort
+
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def execute(stream, src, dst, in_shape, out_shape, in_np, out_np, model) -> None:
+        if model["path"] not in sessions:
+            sessions[model["path"]] = ort.InferenceSession(model["path"], providers=["CPUExecutionProvider"])
+        session = sessions[model["path"]]
+
+        def kernel() -> None:
+            x = rt.device_view(src, int(np.prod(in_shape)) * in_np.itemsize).view(in_np).reshape(in_shape)
+            y = session.run(None, {model["input"]: x.astype(np.float32)})[0].astype(out_np)
+            rt.device_view(dst, y.nbytes)[:] = np.ascontiguousarray(y).view(np.uint8).ravel()
+
+        rt.enqueue(stream, kernel, 0.01)
+
+    return execute
+
+
+@pytest.fixture()
+def fp16_model(tmp_path, data_dir):
+    import shutil
+
+    from scopert.export.precision import convert_fp16
+
+    src = tmp_path / "net.onnx"
+    conv_stack(src, ndim=2, normalization=Normalization(kind="percentile"))
+    calib = tmp_path / "calib.tif"
+    shutil.copy(data_dir / "w2s_8bit_pairs" / "w2s_avg1_noisy.tif", calib)
+    res = convert_fp16(src, tmp_path / "net.fp16.onnx", [calib], tiles=2)
+    return src, res.path, calib
+
+
+def _check(model_path, calib, tmp_path, **kw):
+    rt = FakeCudaRuntimeModule()
+    trt = make_fake_tensorrt("11.4.0.106", rt, executor=ort_executor(rt))
+    return run_gpu_check(model_path, [calib], tile=(64, 64), batch=2, repeats=3, out_dir=tmp_path / "engines",
+                         trt=trt, cuda=CudaRuntime(rt), **kw)
+
+
+def test_gpu_check_compares_the_fp16_engine_with_the_fp32_onnx_from_the_card(fp16_model, tmp_path):
+    """Defect 1: the reference is the FP32 export the FP16 card names, and the report says so."""
+    src, fp16, calib = fp16_model
+    (tmp_path / "renamed.fp16.onnx").write_bytes(fp16.read_bytes())  # found from the card, not by its name
+    report = _check(tmp_path / "renamed.fp16.onnx", calib, tmp_path)
+    assert report["reference_onnx"] == str(src) and "card" in report["reference_found_by"]
+    assert report["precision"] == "fp16" and report["tf32"] is False and report["profiles"] == 2
+    psnr = report["psnr_db_vs_ort_fp32"]
+    assert np.isfinite(psnr) and 40 <= psnr < 150 and report["verdict"] == "PASS"  # FP16 vs FP32: finite
+    assert report["nonfinite"] == 0 and report["gpu_ms_per_batch_h2d_compute_d2h_median"] > 0
+
+
+def test_reference_option_and_missing_reference(fp16_model, tmp_path):
+    src, fp16, calib = fp16_model
+    from scopert.export.onnx_export import read_card
+
+    card = read_card(fp16)
+    assert find_fp32_reference(fp16, card, src) == (src, "--reference")
+    with pytest.raises(ConfigError, match="holds FP16 tensors.*FP32 export"):
+        find_fp32_reference(fp16, card, fp16)
+    assert find_fp32_reference(src, read_card(src))[1] == "the model itself (FP32)"
+    src.write_bytes(src.read_bytes() + b"\x00")  # the FP32 file changed after the FP16 export
+    alone = tmp_path / "alone" / "x.fp16.onnx"
+    alone.parent.mkdir()
+    alone.write_bytes(fp16.read_bytes())
+    with pytest.raises(ConfigError, match="FP32 export was not found.*--reference FP32.onnx"):
+        find_fp32_reference(alone, card)
