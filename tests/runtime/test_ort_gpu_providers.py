@@ -96,3 +96,24 @@ def test_ort_cuda_runs_the_fp16_onnx_close_to_fp32(tmp_path):
     got = gpu.run(tiles)
     mse = float(np.mean((got.astype(np.float64) - ref) ** 2))
     assert np.all(np.isfinite(got)) and 10 * np.log10(float(np.ptp(ref)) ** 2 / max(mse, 1e-30)) >= 50
+
+
+def test_trt_provider_gets_the_tile_plan_profile(tmp_path):
+    """Defect 6 (issue 15): without trt_profile_*_shapes the provider rebuilds for every new shape."""
+    from scopert.runtime.backends.engine_key import ProfileShapes
+    from scopert.runtime.backends.ort import card_trt_profile
+
+    model = tmp_path / "net.onnx"
+    card = conv_stack(model, ndim=3, divisor=4)  # halo 3: smallest window round_up(7, 4) = 8
+    (_, opts), _, _ = _providers(GPU_ORT, "auto", model, tmp_path / "engines")
+    assert opts["trt_profile_min_shapes"] == "input:1x1x8x8x8"
+    assert opts["trt_profile_opt_shapes"] == opts["trt_profile_max_shapes"] == "input:4x1x32x256x256"
+    assert card_trt_profile(model) == ProfileShapes("input", (1, 1, 8, 8, 8), (4, 1, 32, 256, 256),
+                                                    (4, 1, 32, 256, 256)) and card.halo == {"z": 3, "y": 3, "x": 3}
+    plan = ProfileShapes("input", (1, 1, 8, 8, 8), (2, 1, 16, 64, 64), (2, 1, 16, 64, 64))
+    (_, opts), _, _ = _providers(GPU_ORT, "auto", model, tmp_path / "engines", plan)
+    assert opts["trt_profile_max_shapes"] == "input:2x1x16x64x64"  # the caller's plan wins
+    bare = tmp_path / "bare.onnx"
+    conv_stack(bare, card=False)
+    (_, opts), _, _ = _providers(GPU_ORT, "auto", bare, tmp_path / "engines")
+    assert "trt_profile_min_shapes" not in opts  # no card, no plan: ORT picks shapes itself

@@ -9,6 +9,10 @@ provider runs FP16 nodes natively, and the TensorRT provider builds from the gra
 (``trt_fp16_enable`` stays off, so the FP32 islands are not lowered). TensorRT engines and the timing
 cache go to ``engines/``, under a folder keyed by the model's hash and the ONNX Runtime version, because
 ORT neither invalidates its engine cache when the model or TensorRT changes nor tells a stale cache apart.
+The TensorRT provider also gets the tile plan's optimization profile (``trt_profile_min/opt/max_shapes``):
+without one it builds an engine for the first shape it meets and rebuilds for every new one (a short last
+batch, an image smaller than a tile). The profile is the caller's, else the card's default tile plan
+(batch 1..``DEFAULT_TRT_EP_BATCH``); ``tile_range`` hands its opt tile to ``Model.default_tile``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from scopert.card import METADATA_KEY, ModelCard
 from scopert.checksum import sha256_file
 from scopert.errors import BackendError, InputError, ScopertError
 from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.engine_key import ProfileShapes, tile_profile
+from scopert.runtime.tiling import round_up
 
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEFAULT_TRT_EP_BATCH = 4  # profile max batch for the TensorRT provider when the caller names no plan
 
 
 def _import_ort():
@@ -45,24 +52,51 @@ def ort_trt_cache_dir(model_path: Path, engines_dir: Path, ort_version: str) -> 
     return engines_dir / "ort-trt" / f"{model_path.stem}-{sha256_file(model_path)[:16]}-ort{ort_version}"
 
 
-def trt_provider_options(model_path: Path, engines_dir: Path, ort_version: str) -> dict[str, str]:
-    """TensorRT execution provider options: caches in ``engines/``, the precision from the ONNX itself."""
-    return {
+def card_trt_profile(model_path: Path, batch: int = DEFAULT_TRT_EP_BATCH) -> ProfileShapes | None:
+    """The profile of the card's default tile plan (None without a card): min = batch 1 and the smallest window
+    the tiler sends, opt = max = (batch, default tile). The default tile follows ``Model.default_tile``'s rule
+    for a backend without fixed shapes: the card's, else 32 along z and 256 along y/x, at least 4*halo+divisor."""
+    from scopert.card import card_from_metadata
+    from scopert.runtime.backends.openvino import onnx_metadata
+
+    try:
+        card = card_from_metadata(onnx_metadata(model_path), where=f"{Path(model_path).name}:metadata")
+    except ScopertError:
+        return None
+    if card is None:
+        return None
+    tile = []
+    for ax in card.input.spatial_axes:
+        d, h = int(card.input.divisor.get(ax, 1)), int(card.halo.get(ax, 0))
+        base = int(card.default_tile.get(ax) or (32 if ax == "z" else 256))
+        tile.append(round_up(max(base, 4 * h + d), d))
+    return tile_profile(card, tuple(tile), batch)
+
+
+def trt_provider_options(model_path: Path, engines_dir: Path, ort_version: str,
+                         profile: ProfileShapes | None = None) -> dict[str, str]:
+    """TensorRT execution provider options: caches in ``engines/``, the precision from the ONNX itself, and the
+    tile plan's optimization profile when one is known."""
+    options = {
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(ort_trt_cache_dir(model_path, engines_dir, ort_version)),
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(engines_dir / "ort-trt"),  # shared: timings do not depend on the model
         "trt_fp16_enable": "False",
     }
+    if profile is not None:
+        options.update(profile.as_ort_options())
+    return options
 
 
-def _providers(ort, device: str, model_path: Path, engines_dir: Path) -> list:
+def _providers(ort, device: str, model_path: Path, engines_dir: Path, profile: ProfileShapes | None = None) -> list:
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     wanted: list = []
     if "TensorrtExecutionProvider" in available:
-        options = trt_provider_options(model_path, engines_dir, ort.__version__)
+        profile = profile or card_trt_profile(model_path)
+        options = trt_provider_options(model_path, engines_dir, ort.__version__, profile)
         Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         wanted.append(("TensorrtExecutionProvider", options))
     if "CUDAExecutionProvider" in available:
@@ -92,7 +126,7 @@ class OrtBackend:
     """One InferenceSession; ``run`` releases the GIL, so the pipeline's other threads keep working."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 engines_dir: str | Path = "engines") -> None:
+                 engines_dir: str | Path = "engines", trt_profile: ProfileShapes | None = None) -> None:
         ort = _import_ort()
         path = Path(path)
         if not path.exists():
@@ -104,7 +138,8 @@ class OrtBackend:
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=_providers(ort, device, path, Path(engines_dir)))
+                                                providers=_providers(ort, device, path, Path(engines_dir),
+                                                                     trt_profile))
         except BackendError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -126,6 +161,7 @@ class OrtBackend:
         self.input_name, self.output_name = inp.name, out.name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._cuda = "CUDAExecutionProvider" in used
+        self.trt_profile = (trt_profile or card_trt_profile(path)) if "TensorrtExecutionProvider" in used else None
         precision = model_precision(self.metadata)
         if precision == "fp16" and not on_gpu:
             log.warning("%s is an FP16 model: ONNX Runtime on the CPU computes its FP16 nodes in FP32 with extra casts, "
@@ -134,6 +170,14 @@ class OrtBackend:
             name="ort", device="cuda" if on_gpu else "cpu", precision=precision, providers=used,
             reason=f"ONNX Runtime {ort.__version__} with {used[0]}",
         )
+
+    def tile_range(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) per tiled axis of the TensorRT provider's profile; empty when it does not run."""
+        p = self.trt_profile
+        if p is None:
+            return {}
+        axes = ModelCard.from_json(self.metadata[METADATA_KEY]).input.axes
+        return {ax: (lo, op, hi) for ax, lo, op, hi in zip(axes, p.min, p.opt, p.max) if ax in "tzyx"}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
