@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scopert.errors import ConfigError, InputError
+from scopert.errors import ConfigError, InputError, ScopertError
 from scopert.runtime.io.atomic import atomic_path
-from scopert.runtime.io.image import ImageData, RUNTIME_AXES, validate_axes
+from scopert.runtime.io.image import GuardedArray, ImageData, RUNTIME_AXES, validate_axes
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +50,62 @@ def _array_names(group: Any) -> list[str]:
 def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
     """Open a Zarr array read-only (lazily); in a group, the array named ``dataset``.
 
-    The ``axes`` attribute, if present and valid, gives the axes; otherwise axes is None.
+    The ``axes`` attribute, if present and valid, gives the axes; otherwise axes is None. The array
+    is a ``GuardedArray``: a store whose metadata or chunks are damaged raises InputError naming the
+    store, at open or when the damaged chunk is read, never the codec's own exception.
     """
     zarr = _zarr(InputError)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path")
     try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as e:  # zarr raises several types for a folder that is not a store
-        raise InputError(f"{path} cannot be opened as Zarr ({type(e).__name__}: {e}); check that it is a Zarr store") from e
-    name: str | None = None
-    ome_axes = None
-    if not hasattr(node, "shape") and "multiscales" in node.attrs and dataset not in _array_names(node):
-        from scopert.runtime.io.omezarr import read_multiscales_level0
-
-        try:  # an OME-Zarr image: its full-resolution level, with the axes its metadata names
-            dataset, ome_axes = read_multiscales_level0(node)
-        except ValueError as e:
-            raise InputError(f"{path} has OME-Zarr metadata that cannot be read ({e}); pass --dataset") from e
-    if not hasattr(node, "shape"):  # a group
-        found = _array_names(node)
-        if dataset not in found:
-            raise InputError(
-                f"array {dataset!r} is not in {path}; it has {', '.join(map(repr, found)) or 'no arrays'}: "
-                "pass one of them as the dataset name"
-            )
-        node, name = node[dataset], dataset
-    raw = node.attrs.get("axes", ome_axes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr warns about each stray file it meets in a damaged store
+            node, name, ome_axes = _open_node(zarr, path, dataset)
+            shape, dtype = tuple(int(n) for n in node.shape), np.dtype(node.dtype)
+            raw = node.attrs.get("axes", ome_axes)
+    except ScopertError:
+        raise
+    except Exception as e:  # zarr raises many types for a folder that is not a (valid) store
+        raise InputError(
+            f"{path} cannot be opened as Zarr ({type(e).__name__}: {str(e)[:200]}); check that it is an intact "
+            "Zarr store (copy or re-export it)"
+        ) from e
     axes = None
     if isinstance(raw, str):
         low = raw.lower()
-        if not set(low) - set(RUNTIME_AXES) and len(set(low)) == len(low) == node.ndim:
+        if not set(low) - set(RUNTIME_AXES) and len(set(low)) == len(low) == len(shape):
             axes = low
         else:
-            log.warning("%s: ignoring axes attribute %r that does not fit shape %s", path, raw, node.shape)
-    return ImageData(array=node, axes=axes, path=path, source_axes=raw if isinstance(raw, str) else None,
-                     dataset=name)
+            log.warning("%s: ignoring axes attribute %r that does not fit shape %s", path, raw, shape)
+    log.debug("%s: Zarr array %s %s", path, shape, dtype)
+    where = f"{path}:{name}" if name else str(path)
+    return ImageData(array=GuardedArray(node, where), axes=axes, path=path,
+                     source_axes=raw if isinstance(raw, str) else None, dataset=name)
+
+
+def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, str | None]:
+    """The array at ``path`` (or ``dataset`` inside the group at ``path``), its name in the group, and the axes
+    an OME-Zarr image's metadata names (its full-resolution level is read when ``dataset`` is not in the group)."""
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return node, None, None
+    found = _array_names(node)
+    if dataset not in found and "multiscales" in node.attrs:
+        from scopert.runtime.io.omezarr import read_multiscales_level0
+
+        try:
+            level0, axes = read_multiscales_level0(node)
+        except ValueError as e:
+            raise InputError(f"{path} has OME-Zarr metadata that cannot be read ({e}); pass --dataset") from e
+        if level0 in found:
+            return node[level0], level0, axes
+    if dataset not in found:
+        raise InputError(
+            f"array {dataset!r} is not in {path}; it has {', '.join(map(repr, found)) or 'no arrays'}: "
+            "pass one of them as the dataset name"
+        )
+    return node[dataset], dataset, None
 
 
 def write_zarr(path: str | os.PathLike[str], array: Any, dataset: str = "predictions", axes: str | None = None) -> Path:
