@@ -13,6 +13,7 @@ import numpy as np
 from scopert.card import Normalization
 
 MAX_SAMPLES = 4_000_000
+MIN_PLANES = 16  # planes read at least (all, when fewer): statistics must not come from one end of a volume
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,23 @@ class AppliedNormalization:
         return out
 
 
-def subsample(array: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
-    """An evenly strided subsample of at most ~max_samples voxels, read plane by plane."""
+def subsample(array: np.ndarray, max_samples: int | None = None) -> np.ndarray:
+    """An evenly strided subsample of about ``max_samples`` (default ``MAX_SAMPLES``) voxels, under twice that.
+
+    Planes along the first axis are read one at a time and spread over the whole axis, at least
+    ``MIN_PLANES`` of them: a volume whose planes each exceed the budget is sampled in depth, not
+    judged by its first plane.
+    """
+    limit = MAX_SAMPLES if max_samples is None else max_samples
     total = int(np.prod(array.shape, dtype=np.int64))
-    if isinstance(array, np.ndarray) and total <= max_samples:
+    if isinstance(array, np.ndarray) and total <= limit:
         return array.ravel()
-    if total <= max_samples:  # a lazy volume (slab reader, h5py, zarr): read it plane by plane
+    if total <= limit:  # a lazy volume (slab reader, h5py, zarr): read it plane by plane
         return np.concatenate([np.asarray(array[i]).ravel() for i in range(array.shape[0])])
-    step0 = max(1, int(np.ceil(array.shape[0] / max(1, max_samples // max(1, total // array.shape[0])))))
+    n_planes = min(array.shape[0], max(MIN_PLANES, limit // max(1, total // array.shape[0])))
+    step0 = int(np.ceil(array.shape[0] / n_planes))
     planes = range(0, array.shape[0], step0)
-    per_plane = max(1, max_samples // len(planes))
+    per_plane = max(1, limit // len(planes))
     pieces = []
     for i in planes:
         flat = np.asarray(array[i]).ravel()
