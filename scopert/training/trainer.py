@@ -5,8 +5,9 @@ Per epoch it trains ``steps_per_epoch`` batches from a ``BatchSource``, validate
 (validation loss, or the training loss without validation data, as 3D-RCAN does) improves, always writes
 ``checkpoints/last.pt`` (model, optimizer, scheduler, epoch, RNG states) and appends a row to ``metrics.csv``
 and redraws ``loss.png``. ``fit(resume=True)`` continues a run folder at the epoch after ``last.pt``, with the
-same RNG states, so an interrupted run ends where an uninterrupted one would. A tqdm bar on stderr shows progress;
-everything else is logged. Families with an unusual update (GANs) override ``train_step``.
+same RNG states, so an interrupted run ends where an uninterrupted one would. A tqdm bar on stderr shows progress
+when stderr is a terminal (``scopert.progress``); in pipes and log files a few log lines replace it; everything
+else is logged. Families with an unusual update (GANs) override ``train_step``.
 
 Must not import ``scopert.export`` or ``scopert.runtime``.
 """
@@ -172,7 +173,7 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> TrainResult:
         """Train up to ``settings.epochs``; with ``resume`` continue after the epoch stored in ``last.pt``."""
-        from tqdm import tqdm
+        from scopert.progress import progress_bar
 
         s = self.settings
         start = time.monotonic()
@@ -197,8 +198,9 @@ class Trainer:
             lr = float(self.optimizer.param_groups[0]["lr"])
             sums: dict[str, float] = {}
             steps_done = 0
-            bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", file=sys.stderr,
-                       disable=not s.progress, dynamic_ncols=True, leave=False)
+            # a live bar on a terminal; in a pipe or a log file a line per quarter epoch at most (no '\r' flood)
+            bar = progress_bar(s.steps_per_epoch, f"epoch {epoch}/{s.epochs}", enabled=s.progress,
+                               stream=sys.stderr, logger=log, dynamic_ncols=True, leave=False)
             try:
                 for step in range(s.steps_per_epoch):
                     values = self.train_step(self.train_source.next_batch(s.batch_size))
