@@ -2,7 +2,8 @@
 
 Steps (``convert_fp16``):
 1. calibration tiles: real data (``--calib`` files), else the training data named in the card, else an error;
-   normalized exactly as the runtime does (``scopert.runtime.normalize``), cut to the model's input layout;
+   cut and normalized by the runtime's own path (``Model.prepare`` + ``tile_input`` on its tile plan), so
+   they equal the tiles the engine will be fed;
 2. range analysis: ONNX Runtime (CPU, FP32) with every intermediate float tensor exposed as a graph output;
    max |x|, min/max and the smallest non-zero |x| of every tensor;
 3. the plan (``PrecisionPlan``): nodes kept in FP32 with a reason (normalization, large reductions, softmax and
@@ -13,8 +14,8 @@ Steps (``convert_fp16``):
    installed, the FP16 graph evaluated in torch float16 on one small tile (``half_emulation``: FP16 storage
    of every intermediate, as on a GPU).
 
-Imports numpy, onnx, onnxruntime, ``scopert.card``, ``scopert.errors`` and the numpy-only
-``scopert.runtime.normalize``; torch is optional (only the half emulation uses it).
+Imports numpy, onnx, onnxruntime, ``scopert.card``, ``scopert.errors`` and the numpy-only runtime
+(``scopert.runtime.model`` for tiling and normalization); torch is optional (only the half emulation uses it).
 """
 
 from __future__ import annotations
@@ -242,17 +243,25 @@ def _calib_tile(card: ModelCard, tile: dict[str, int] | None) -> dict[str, int]:
 
 def _cut_tiles(arr: np.ndarray, card: ModelCard, src: Path, count: int, tile: dict[str, int] | None,
                rng: np.random.Generator, allow_raw: bool) -> Iterable[np.ndarray]:
-    """Cut ``count`` normalized tiles of the model layout (without batch) out of one data array."""
-    from scopert.runtime.normalize import fit_normalization
+    """``count`` tiles of one data array in the model layout (without batch), cut by the runtime itself.
+
+    The runtime's own path makes them (``Model.prepare`` + ``tile_input`` on the runtime's tile plan; for a
+    window-of-frames model, its per-frame normalization of the frame window first), so the activation
+    ranges measured here are those the engine meets: a calibration tile equals the tile the runtime feeds
+    the backend for the same region. The tiles are drawn from the plan's grid.
+    """
+    from scopert.runtime.layout import centre_frame_model
+    from scopert.runtime.model import Model, tile_input
+    from scopert.runtime.normalize import AppliedNormalization
 
     spec = card.input
-    model = spec.axes[1:]  # without the batch axis
-    data_axes = model.replace("c", "") if spec.channels == 1 else model
-    expected = f"{data_axes!r}" + (f" or {model!r}" if data_axes != model else "")
+    model_axes = spec.axes[1:]  # without the batch axis
+    data_axes = model_axes.replace("c", "") if spec.channels == 1 else model_axes
+    expected = f"{data_axes!r}" + (f" or {model_axes!r}" if data_axes != model_axes else "")
     arr = np.asarray(arr)
     if arr.dtype.kind not in "uif" or arr.size == 0:
         raise InputError(f"calibration data {src}: dtype {arr.dtype} / size {arr.size} is not image data.")
-    candidates = [model, data_axes]
+    candidates = [model_axes, data_axes]
     if "t" not in data_axes and "z" not in data_axes:
         candidates.append("n" + data_axes)  # a stack of 2D images for a 2D model
     fitting = [a for a in dict.fromkeys(candidates) if len(a) == arr.ndim]
@@ -275,49 +284,45 @@ def _cut_tiles(arr: np.ndarray, card: ModelCard, src: Path, count: int, tile: di
             "it un-normalized: raw counts must not reach an FP16 graph. Normalize the input (set the card's "
             "normalization) or keep the model FP32."
         )
-    norm = fit_normalization(arr, card.normalization)
-    data = norm(arr) if not (card.normalization.kind == "zscore" and card.normalization.per_frame) else arr
+    runtime = Model(None, card, src)  # no backend: only its planning and normalization are used
+    centre = centre_frame_model(card)
+    image_axes = axes[1:] if axes.startswith("n") else axes
+    tiled = runtime.in_layout.tiled
     sizes = _calib_tile(card, tile)
-    if "t" in axes:
+    if "t" in image_axes and not centre:
         sizes["t"] = int(spec.time_window or 1)
-    for ax, size in sizes.items():
-        if arr.shape[axes.index(ax)] < size:
-            if ax == "t":
-                raise InputError(f"calibration data {src} has {arr.shape[axes.index(ax)]} frames; the model needs "
-                                 f"windows of {size}. Pass a longer time series.")
-            have = arr.shape[axes.index(ax)]
-            d = int(spec.divisor.get(ax, 1))
-            if have < d:
-                raise InputError(f"calibration data {src}: axis {ax!r} is {have} long, smaller than the model's "
-                                 f"divisor {d}. Pass larger images.")
-            sizes[ax] = (have // d) * d
+    if "t" in image_axes and arr.shape[axes.index("t")] < int(spec.time_window or 1):
+        raise InputError(f"calibration data {src} has {arr.shape[axes.index('t')]} frames; the model needs "
+                         f"windows of {spec.time_window}. Pass a longer time series.")
+    for ax in list(sizes):
+        d, h = int(spec.divisor.get(ax, 1)), int(card.halo.get(ax, 0))
+        if ax in image_axes and arr.shape[axes.index(ax)] < d:
+            raise InputError(f"calibration data {src}: axis {ax!r} is {arr.shape[axes.index(ax)]} long, smaller than "
+                             f"the model's divisor {d}. Pass larger images.")
+        sizes[ax] = max(sizes[ax], -(-(2 * h + 1) // d) * d)  # the tiler needs more than the halo on both sides
+    prepared: dict[int, tuple[np.ndarray, Any, Any]] = {}
+
+    def runtime_input(image_index: int, frame: int) -> tuple[np.ndarray, Any]:
+        """The array and normalization the runtime tiles for this image (and centre frame)."""
+        image = arr[image_index] if axes.startswith("n") else arr
+        if centre:  # Model._predict_frames: the window of frames around ``frame``, normalized frame by frame
+            movie = np.transpose(image, [image_axes.index(a) for a in "t" + tiled])
+            window = movie[runtime.frame_window(movie.shape[0], frame)]
+            return runtime._normalize_frames(window), AppliedNormalization(0.0, 1.0)
+        if image_index not in prepared:
+            prepared[image_index] = runtime.prepare(image, image_axes)
+        internal, _, norm = prepared[image_index]
+        return internal, norm
+
+    n_images = arr.shape[0] if axes.startswith("n") else 1
+    n_frames = arr.shape[axes.index("t")] if centre else 1
     for _ in range(count):
-        index: list[Any] = []
-        for i, ax in enumerate(axes):
-            if ax == "n":
-                index.append(int(rng.integers(arr.shape[i])))
-            elif ax in sizes:
-                start = int(rng.integers(arr.shape[i] - sizes[ax] + 1))
-                index.append(slice(start, start + sizes[ax]))
-            else:
-                index.append(slice(None))
-        t = np.asarray(data[tuple(index)], dtype=np.float32)
-        cur = axes.replace("n", "")
-        if card.normalization.kind == "zscore" and card.normalization.per_frame:
-            t = _per_frame_zscore(t, cur)
-        if "c" not in cur:
-            t = np.expand_dims(t, model.index("c")) if "c" in model else t
-        yield t
-
-
-def _per_frame_zscore(t: np.ndarray, axes: str) -> np.ndarray:
-    lead = axes.index("t") if "t" in axes else (axes.index("z") if "z" in axes else None)
-    if lead is None:
-        return ((t - t.mean()) / (t.std() or 1.0)).astype(np.float32)
-    moved = np.moveaxis(t, lead, 0)
-    red = tuple(range(1, moved.ndim))
-    z = (moved - moved.mean(axis=red, keepdims=True)) / np.maximum(moved.std(axis=red, keepdims=True), 1e-6)
-    return np.moveaxis(z, 0, lead).astype(np.float32)
+        internal, norm = runtime_input(int(rng.integers(n_images)), int(rng.integers(n_frames)))
+        shape = dict(zip(tiled, internal.shape[1:]))
+        plan = runtime.make_plan(shape, {ax: sizes.get(ax, shape[ax]) for ax in tiled}, None, "auto", 1).plan
+        tiles = list(plan)
+        block = tile_input(internal, norm, plan, tiles[int(rng.integers(len(tiles)))])
+        yield np.asarray(runtime.in_layout.to_model(block[None])[0], dtype=np.float32)
 
 
 # ---- range analysis ------------------------------------------------------------------------------------
