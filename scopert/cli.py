@@ -54,14 +54,18 @@ def cli(verbose: int) -> None:
               "the input's name.")
 @click.option("--overwrite", is_flag=True, help="Folder mode: redo outputs that exist (default: skip them, "
               "so an interrupted folder run resumes).")
+@click.option("--cluster", help="Run on Dask: local:N, local-cuda[:0,1], tcp://HOST:PORT or a dask-jobqueue YAML "
+              "(one volume -> OUT.zarr in blocks; a folder -> one task per file).")
+@click.option("--block", "dist_block", help="--cluster: block size over the volume's tiled axes, e.g. 64,512,512.")
+@click.option("--resume", is_flag=True, help="--cluster: go on from the finished blocks of an interrupted run.")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
           rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, out_suffix,
-          overwrite) -> None:
+          overwrite, cluster, dist_block, resume) -> None:
     """Restore an image or a folder of images (the options of 3D-RCAN's apply.py).
 
     Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
     a z-stack or time-lapse (the file's axes say which); the output keeps the input's axes."""
-    from scopert.commands.apply_paths import plan_folder, check_paths
+    from scopert.commands.apply_paths import check_paths, is_folder_run, plan_folder
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply, run_apply
 
@@ -79,17 +83,27 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
         from scopert.runtime.apply import open_input
         from scopert.runtime.io import list_images
 
-        with open_input(list_images(inp)[0] if inp.is_dir() else inp, dataset) as first:
+        with open_input(list_images(inp)[0] if is_folder_run(inp) else inp, dataset) as first:
             calibration = np.asarray(first.array)
     model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
                  calibration=calibration)
-    if inp.is_dir():
+    if is_folder_run(inp):
         jobs = plan_folder(model, inp, out, gt, opts, out_suffix, overwrite)
     else:
         with plan_apply(model, inp, out, gt, opts):
             pass
         jobs = [(inp, out, gt)]
     click.echo(f"model {model_path}: {model.card.family} on {model.backend.info.reason}", err=True)
+    if cluster:  # scale-out: Dask is imported only here
+        from scopert.dist.command import apply_on_cluster
+
+        if precision != "f32":
+            raise ConfigError("--precision bf16 is not supported with --cluster; drop --precision.")
+        apply_on_cluster(model, jobs, opts, cluster, block=_tuple(dist_block, "--block"), resume=resume,
+                         backend=backend, device=device, folder=is_folder_run(inp))
+        return
+    if dist_block or resume:
+        raise ConfigError("--block and --resume apply to --cluster runs; add --cluster (e.g. local:2) or drop them.")
     for src, dst, gt_file in jobs:
         with plan_apply(model, src, dst, gt_file, opts) as job, progress_bar(src.name, job.n_tiles) as bar:
             result = run_apply(job, progress=bar.update)
@@ -156,12 +170,15 @@ def _entry(spec: str, what: str):
 @click.option("--no-resume", is_flag=True, help="Refuse a run folder that already holds a run.")
 def train(family, config_path, out_dir, no_resume) -> None:
     """Train a model family from a config into a run folder (resumes an interrupted run)."""
+    from scopert.commands.preflight import check_train_args
+
+    check_train_args(family, config_path, out_dir, no_resume)  # before torch loads or any data is read
     info = _entry(TRAINERS[family], f"training for {family!r}")(config_path, out_dir, resume=not no_resume)
     click.echo(f"run folder: {info.folder}", err=True)
 
 
 @cli.command(name="import")
-@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot", "tagan", "cnnt"]))
+@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot", "tagan", "cnnt", "bioimageio"]))
 @click.argument("path", type=click.Path(exists=True))
 @click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--config", "config_path", type=click.Path(exists=True),
@@ -179,7 +196,15 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
     checkpoint with --config YAML. blindspot: a SHINE Lightning .ckpt (--model/--frames where not inferable).
     tagan: N_net_G.pth [--net-s N_net_S.pth] --opt test_opt.txt. cnnt: run__...pt --config run__...json.
     Checkpoints are read without running pickled code; --trust-checkpoint lifts that for files you trust.
+    bioimageio: a bioimage.io model package (.zip, rdf.yaml or folder); -o is then the .onnx file to write.
     """
+    if family == "bioimageio":  # a bioimage.io package (.zip, rdf.yaml or folder) -> one ScopeRT .onnx
+        from scopert.export.bioimageio_import import import_package
+
+        res = import_package(path, out_dir)
+        click.echo(f"{res.path}: {res.weights} weights; vs the package's test output max abs "
+                   f"{res.max_abs_error:.3g}, max rel {res.max_rel_error:.3g}; halo {res.card.halo}", err=True)
+        return
     if family in ("unet", "cnnt") and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
     if family == "rcan":
@@ -216,6 +241,9 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
               help="--fp16: keep nodes whose |x| exceeds 65504/F in FP32.")
 def export(run_folder, out_path, opset, fp16, calib, safety_factor) -> None:
     """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
+    from scopert.commands.preflight import check_export_args
+
+    check_export_args(run_folder, out_path, opset, fp16, calib, safety_factor)  # before torch loads or tracing
     from scopert.export.onnx_export import export_run
 
     card = export_run(run_folder, out_path, opset=opset)
@@ -244,7 +272,8 @@ def demo(out_dir, data, minutes, seed) -> None:
     run_demo(out_dir, data, minutes, seed, say=lambda msg: click.echo(msg, err=True))
 
 
-OPTIONAL_COMMANDS = ("scopert.commands.bench", "scopert.commands.stream", "scopert.commands.build")
+OPTIONAL_COMMANDS = ("scopert.commands.bench", "scopert.commands.stream", "scopert.commands.build",
+                     "scopert.commands.package")
 
 
 def _add_optional_commands() -> None:

@@ -20,13 +20,18 @@ from scopert.runtime.model import Model
 log = logging.getLogger(__name__)
 
 
+def is_folder_run(inp: Path) -> bool:
+    """A folder of images (not a Zarr store, which is a folder that holds one image)."""
+    return inp.is_dir() and not inp.name.lower().endswith(".zarr")
+
+
 def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, fmt: str | None) -> None:
     """What can be said without the model: inputs exist, outputs have a known suffix and a writable folder."""
     if not inp.exists():
         raise InputError(f"-i {inp} does not exist; check the path.")
     if gt is not None and not gt.exists():
         raise InputError(f"-g {gt} does not exist; check the path.")
-    if inp.is_dir() and not inp.name.lower().endswith(".zarr"):
+    if is_folder_run(inp):
         if out.suffix and not out.is_dir():
             raise ConfigError(f"-i {inp} is a folder, so -o must be a folder too (got {out}).")
         if gt is not None and not gt.is_dir():

@@ -56,7 +56,7 @@ class ApplyOptions:
     dataset: str | None = None
     output_dataset: str = "predictions"
     window: str = "gaussian"
-    in_memory_bytes: int = IN_MEMORY_BYTES
+    in_memory_bytes: int | None = None  # default: IN_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16, 32):
@@ -290,10 +290,13 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
     t0 = time.perf_counter()
     array = job.image.array
     nbytes = int(np.prod(job.image.shape, dtype=np.int64)) * np.dtype(job.image.dtype).itemsize
-    lazy = not job.in_memory and nbytes > opts.in_memory_bytes
+    limit = IN_MEMORY_BYTES if opts.in_memory_bytes is None else opts.in_memory_bytes
+    lazy = not job.in_memory and nbytes > limit
     if not lazy:  # slicing reads every kind of lazy array (slab reader, h5py, zarr) into memory
         array = np.asarray(array[(slice(None),) * len(job.image.shape)])
-    stream = not job.in_memory and (job.out.kind != "tiff" or job.out.axes[0] == job.sink_axes[1])
+    # TIFF is written page by page: slabs must run along the file's first axis, and that axis must hold pages
+    tiff_streams = job.out.axes[0] == job.sink_axes[1] and job.out.axes[0] not in "yx"
+    stream = not job.in_memory and (job.out.kind != "tiff" or tiff_streams)
     if job.in_memory:
         _run_in_memory(job, array, progress)
     else:
