@@ -1,5 +1,8 @@
 """``scopert bench``: one model's backend throughput, pipeline efficiency, optional bf16 gate, and a
-verdict against camera data rates (sCMOS 2048x2048 16-bit at 100 fps = 0.84 GB/s, and a user rate)."""
+verdict against camera data rates (sCMOS 2048x2048 16-bit at 100 fps = 0.84 GB/s, and a user rate).
+
+Every argument (sizes against the model's card, the --json path, --data's header) is checked before the
+model loads (``check_bench_args``), so a typo costs a second, not a benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from scopert.commands.util import parse_ints
+from scopert.errors import ConfigError
 
 SCMOS_BYTES_PER_S = 2048 * 2048 * 2 * 100  # 0.84 GB/s
 
@@ -29,6 +32,32 @@ def default_shape(tiled_axes: str) -> tuple[int, ...]:
     sizes = {"z": 64, "t": 64, "y": 512 if "z" in tiled_axes else (1024 if "t" in tiled_axes else 2048)}
     sizes["x"] = sizes["y"]
     return tuple(sizes[a] for a in tiled_axes)
+
+
+def check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db, user_rate,
+                     json_path) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Every argument of ``scopert bench``, checked before the model loads: (--shape sizes, -B sizes)."""
+    import math
+
+    from scopert.commands import preflight as pf
+    from scopert.runtime.layout import layouts
+
+    card = pf.model_card(model_path, "MODEL_PATH")
+    tiled = layouts(card)[0].tiled
+    pf.check_count(batch, "--batch")
+    pf.check_count(repeats, "--repeats")
+    pf.check_positive(user_rate, "--rate", "800")
+    if gate_db is not None and not math.isfinite(gate_db):
+        raise ConfigError(f"--gate-db {gate_db} must be a finite PSNR in dB, e.g. --gate-db 45.")
+    shape_sizes = pf.parse_sizes(shape, "--shape", tiled)
+    tile_sizes = pf.parse_sizes(tile, "-B", tiled)
+    if tile_sizes is not None:
+        pf.check_tile(card, tile_sizes, tiled, "-B")
+    if data_path:
+        pf.image_header(pf.check_input_file(data_path, "--data"), "--data")
+    if json_path:
+        pf.check_output_file(json_path, "--json", pf.JSON_OUT, inputs=(model_path, data_path))
+    return shape_sizes, tile_sizes
 
 
 @click.command()
@@ -52,6 +81,9 @@ def default_shape(tiled_axes: str) -> tuple[int, ...]:
 def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backend, precision, data_path, gate_db, user_rate,
           json_path) -> None:
     """Backend and pipeline throughput for one model, and whether it keeps up with a camera."""
+    shape_sizes, tile_sizes = check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db, user_rate,
+                                               json_path)
+
     import numpy as np
 
     from scopert.runtime import load
@@ -68,8 +100,7 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
         while volume.ndim > spatial:  # a stack of images: bench on the first one
             volume = np.asarray(volume[0])
     model = load(model_path, backend=backend, precision=precision, calibration=volume, gate_db=gate_db)
-    shp = volume.shape if volume is not None else (parse_ints(shape, "--shape") or default_shape(model.in_layout.tiled))
-    tile_sizes = parse_ints(tile, "-B")
+    shp = volume.shape if volume is not None else (shape_sizes or default_shape(model.in_layout.tiled))
     sweep = None
     if tune:
         internal, _, _ = model.prepare(volume if volume is not None else np.zeros(shp, np.uint16))

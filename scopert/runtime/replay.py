@@ -5,7 +5,9 @@ block or drop backpressure; the caller's thread takes outputs in order and write
 TIFF opened once, one page per output, renamed into place at the end). The report says whether the run
 kept up: every frame processed (no drop), the feeder never held back by more than one frame interval,
 the queue never full and no backlog when the last frame arrived. Drops are exact:
-received = processed + dropped. Imports numpy, tifffile and the runtime; never torch or onnx.
+received = processed + dropped. ``total`` longer than the movie loops it (frame i is movie[i % len]), so a
+40-frame recording can feed an hour-long soak without a copy per pass. Imports numpy, tifffile and the
+runtime; never torch or onnx.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class ReplayReport:
     kept_up: bool
     verdict: str
     output: str | None = None
+    movie_frames: int = 0  # frames in the recording; fewer than ``frames`` when it was looped
+    # p99 latency of the first, middle and last third of the outputs: a run that slows down shows it here
+    latency_p99_thirds_s: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +69,21 @@ def check_rate(fps: float) -> float:
     return fps
 
 
+def check_replay_layout(path: str | Path, shape: tuple[int, ...], axes: str | None, source_axes: str | None) -> None:
+    """InputError unless a file of this shape and these axes is a (t, y, x) movie; reads no pixels."""
+    name = Path(path).name
+    axes = axes or "?" * len(shape)
+    if len(shape) != 3:
+        raise InputError(f"{name} has {len(shape)} axes ({axes}, shape {shape}); a replay needs a 2D+t stack "
+                         "(t, y, x): a movie of single-channel 2D frames. Save it as an ImageJ TIFF with axes TYX.")
+    stated = (source_axes or "").upper()
+    if axes[0] != "t" and (stated[:1] not in ("Q", "I", "T") or "Z" in stated or "C" in stated or "S" in stated):
+        raise InputError(f"{name} has axes {axes} (shape {shape}); a replay needs time first then y, x (tyx). "
+                         f"A {axes} stack is not a movie: pass a 2D+t recording, or re-save it with axes TYX.")
+    if shape[0] < 1:
+        raise InputError(f"{name} holds no frames.")
+
+
 def read_replay_stack(path: str | Path) -> np.ndarray:
     """A (t, y, x) stack from a file whose axes are time then two image axes; anything else is an error."""
     from scopert.runtime.io import read_image
@@ -72,14 +92,7 @@ def read_replay_stack(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise InputError(f"replay file {path} does not exist.")
     with read_image(path) as img:
-        axes, shape = img.axes or "?" * img.ndim, img.shape
-        if img.ndim != 3:
-            raise InputError(f"{path.name} has {img.ndim} axes ({axes}, shape {shape}); a replay needs a 2D+t stack "
-                             "(t, y, x): a movie of single-channel 2D frames. Save it as an ImageJ TIFF with axes TYX.")
-        stated = (img.source_axes or "").upper()
-        if axes[0] != "t" and (stated[:1] not in ("Q", "I", "T") or "Z" in stated or "C" in stated or "S" in stated):
-            raise InputError(f"{path.name} has axes {axes} (shape {shape}); a replay needs time first then y, x (tyx). "
-                             f"A {axes} stack is not a movie: pass a 2D+t recording, or re-save it with axes TYX.")
+        check_replay_layout(path, img.shape, img.axes, img.source_axes)
         frames = np.asarray(img.array)
     if frames.shape[0] < 1:
         raise InputError(f"{path.name} holds no frames.")
@@ -111,14 +124,25 @@ class _PageWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+def latency_thirds(latencies: list[float], q: float = 99) -> list[float]:
+    """The ``q``-th latency percentile of the first, middle and last third of the outputs (NaN when empty)."""
+    parts = np.array_split(np.asarray(latencies, float), 3)
+    return [float(np.percentile(p, q)) if p.size else float("nan") for p in parts]
+
+
 def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_queue: int = 4,
            output: str | Path | None = None, on_output: Callable[[np.ndarray], None] | None = None,
-           **predict_kwargs) -> ReplayReport:
-    """Replay ``frames`` (t, y, x) at ``fps`` through ``model.open_stream`` and report the keep-up verdict."""
+           total: int | None = None, **predict_kwargs) -> ReplayReport:
+    """Replay ``frames`` (t, y, x) at ``fps`` through ``model.open_stream`` and report the keep-up verdict.
+
+    ``total`` frames are offered (default: the movie once); more than the movie holds loops it."""
     fps = check_rate(fps)
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise InputError(f"replay frames must be (t, y, x); got shape {frames.shape}.")
+    total = len(frames) if total is None else int(total)
+    if total < 1:
+        raise ConfigError(f"--frames {total}: replay at least one frame.")
     stream = model.open_stream(on_full=on_full, max_queue=max_queue, **predict_kwargs)
     writer = _PageWriter(Path(output)) if output is not None else None
     interval = 1.0 / fps
@@ -127,7 +151,8 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
 
     def feed() -> None:
         try:
-            for i, frame in enumerate(frames):
+            for i in range(total):
+                frame = frames[i % len(frames)]
                 due = start + i * interval
                 now = time.perf_counter()
                 if due > now:
@@ -173,11 +198,12 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
     verdict = (f"kept up at {fps:g} fps: {st.received} frames, none dropped, latency p50 {p50 * 1e3:.0f} ms / "
                f"p99 {p99 * 1e3:.0f} ms" if kept_up else f"did NOT keep up at {fps:g} fps: " + "; ".join(reasons))
     report = ReplayReport(
-        frames=len(frames), fps=fps, on_full=on_full, received=st.received, processed=processed, dropped=st.dropped,
+        frames=total, fps=fps, on_full=on_full, received=st.received, processed=processed, dropped=st.dropped,
         produced=st.produced, latency_p50_s=p50, latency_p99_s=p99, max_queue_depth=st.max_queue_depth,
         max_queue=max_queue, max_lateness_s=lateness, backlog_at_end=backlog, wall_s=wall,
         output_fps=st.produced / wall if wall else 0.0, kept_up=kept_up, verdict=verdict,
-        output=str(output) if output is not None else None,
+        output=str(output) if output is not None else None, movie_frames=len(frames),
+        latency_p99_thirds_s=latency_thirds(st.latencies),
     )
     log.info("replay: %s", verdict)
     return report
