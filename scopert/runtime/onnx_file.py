@@ -166,7 +166,8 @@ def check_external_data(path: str | os.PathLike) -> None:
             raise InputError(f"{where}, an absolute path; ScopeRT reads external data only from inside the "
                              f"model's folder {folder}. {fix}")
         if ".." in posix.parts or ".." in windows.parts:
-            raise InputError(f"{where}, which contains '..'; ScopeRT reads external data only from inside the model's folder {folder}. {fix}")
+            raise InputError(f"{where}, which contains '..'; ScopeRT reads external data only from inside the "
+                             f"model's folder {folder}. {fix}")
         target = folder / posix
         real = target.resolve()
         if not real.is_relative_to(folder):

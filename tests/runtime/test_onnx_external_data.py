@@ -57,7 +57,8 @@ def test_field_numbers_are_those_of_onnx_proto():
         (onnx.AttributeProto, "tensors"): 10, (onnx.AttributeProto, "graphs"): 11,
         (onnx.AttributeProto, "sparse_tensor"): 22, (onnx.AttributeProto, "sparse_tensors"): 23,
         (onnx.SparseTensorProto, "values"): 1, (onnx.SparseTensorProto, "indices"): 2,
-        (onnx.TensorProto, "name"): onnx_file._TENSOR_NAME, (onnx.TensorProto, "external_data"): onnx_file._TENSOR_EXTERNAL,
+        (onnx.TensorProto, "name"): onnx_file._TENSOR_NAME,
+        (onnx.TensorProto, "external_data"): onnx_file._TENSOR_EXTERNAL,
         (onnx.TensorProto, "data_location"): onnx_file._TENSOR_LOCATION,
     }
     for (message, name), number in fields.items():

@@ -68,7 +68,7 @@ def _text(value: Any) -> str:
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8")
+        return bytes(value).decode("utf-8", errors="replace")  # a damaged name then fails by name, not here
     return str(value)
 
 
@@ -86,12 +86,13 @@ def read_model_config(f: h5py.File, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: {why}. {_HINT} (weights_<epoch>_<loss>.hdf5).")
     try:
         config = json.loads(_text(f.attrs["model_config"]))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{where}: the Keras model_config is not valid JSON ({exc}). The file is damaged.") from None
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict) or \
             not isinstance(config["config"].get("layers"), list):
+        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(
-            f"{where}: the Keras model_config has no layer list (class {config.get('class_name')!r}); it is not a "
+            f"{where}: the Keras model_config has no layer list (class {kind!r}); it is not a "
             f"functional Keras model. {_HINT}"
         )
     return config
@@ -123,7 +124,9 @@ def _inbound_names(node: Any) -> list[str]:
     def visit(item: Any) -> None:
         if isinstance(item, dict):
             if "keras_history" in item:
-                names.append(item["keras_history"][0])
+                history = item["keras_history"]
+                ok = isinstance(history, list) and history and isinstance(history[0], str)
+                names.append(history[0] if ok else "<damaged keras_history>")
                 return
             for value in item.values():
                 visit(value)
@@ -140,9 +143,19 @@ def _inbound_names(node: Any) -> list[str]:
 
 def _layers(config: dict[str, Any], where: str) -> dict[str, Layer]:
     layers: dict[str, Layer] = {}
-    for raw in config["config"]["layers"]:
-        name = raw.get("name") or raw.get("config", {}).get("name")
-        nodes = raw.get("inbound_nodes", [])
+    for i, raw in enumerate(config["config"]["layers"]):
+        cfg = raw.get("config", {}) if isinstance(raw, dict) else None
+        name = (raw.get("name") or cfg.get("name")) if isinstance(cfg, dict) else None
+        nodes = raw.get("inbound_nodes", []) if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(raw.get("class_name", ""), str) \
+                or not isinstance(nodes, list):
+            raise CheckpointError(
+                f"{where}: layer entry {i} of the Keras model_config is not a layer (name, class_name, config, "
+                f"inbound_nodes); the file is damaged or was edited. {_HINT}"
+            )
+        if name in layers:
+            raise CheckpointError(f"{where}: two layers are named {name!r}; Keras names are unique, so the file is "
+                                  f"damaged or was edited. {_HINT}")
         if len(nodes) > 1:
             raise CheckpointError(
                 f"{where}: layer {name!r} ({raw.get('class_name')}) is used {len(nodes)} times; a 3D-RCAN model "
@@ -232,14 +245,14 @@ class _Parser:
             self.ndim = int(layer.class_name[4])
         cfg = layer.config
         ks = cfg.get("kernel_size")
-        ks = [ks] * self.ndim if isinstance(ks, int) else list(ks or [])
+        ks = [ks] * self.ndim if isinstance(ks, int) else ks
         if ks != [kernel] * self.ndim:
             raise self.fail(layer, f"{expected}; its kernel_size is {cfg.get('kernel_size')}")
         if (cfg.get("activation") or "linear") != activation:
             raise self.fail(layer, f"{expected}; its activation is {cfg.get('activation')!r}")
         checks = {
-            "strides": lambda v: v in (None, 1) or list(v) == [1] * self.ndim,
-            "dilation_rate": lambda v: v in (None, 1) or list(v) == [1] * self.ndim,
+            "strides": lambda v: v in (None, 1) or v == [1] * self.ndim,
+            "dilation_rate": lambda v: v in (None, 1) or v == [1] * self.ndim,
             "use_bias": lambda v: v in (None, True),
             "data_format": lambda v: v in (None, "channels_last"),
             "padding": lambda v: v in (None, "same") or kernel == 1,
@@ -249,8 +262,11 @@ class _Parser:
             if not ok(cfg.get(key)):
                 raise self.fail(layer, f"{expected} with stride 1, 'same' padding, bias, channels_last; its {key} is "
                                        f"{cfg.get(key)!r}")
-        if filters is not None and cfg.get("filters") != filters:
-            raise self.fail(layer, f"{expected} with {filters} filters; it has {cfg.get('filters')}")
+        count = cfg.get("filters")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise self.fail(layer, f"{expected} with a positive number of filters; it has {count!r}")
+        if filters is not None and count != filters:
+            raise self.fail(layer, f"{expected} with {filters} filters; it has {count}")
         self.conv_names.append(layer.name)
         return layer
 
@@ -258,7 +274,8 @@ class _Parser:
     def parse(self) -> dict[str, Any]:
         inp = self.take(("InputLayer",), "the InputLayer", set())
         shape = inp.config.get("batch_input_shape") or inp.config.get("batch_shape")
-        if not isinstance(shape, list) or len(shape) not in (4, 5):
+        if not isinstance(shape, list) or len(shape) not in (4, 5) or not isinstance(shape[-1], int) \
+                or isinstance(shape[-1], bool) or shape[-1] < 1:
             raise self.fail(inp, f"a 2D or 3D channels_last input; its batch_input_shape is {shape!r}")
         std = self.take(("Lambda",), "the input standardization Lambda (2x-1)", {inp.name})
         head = self.conv(3, "linear", {std.name}, None, "the head conv")
@@ -347,7 +364,7 @@ def _lambda_scale(layer: Layer, parser: _Parser) -> float:
     fn = layer.config.get("function")
     closure = fn[2] if isinstance(fn, list) and len(fn) == 3 else None
     if isinstance(closure, list) and len(closure) == 1 and isinstance(closure[0], (int, float)) \
-            and not isinstance(closure[0], bool):
+            and not isinstance(closure[0], bool) and math.isfinite(closure[0]):
         return float(closure[0])
     raise parser.fail(layer, "a residual scaling Lambda whose closure holds the scaling factor (cannot read it)")
 
@@ -383,16 +400,35 @@ def parse_rcan_config(model_config: dict[str, Any], where: str = "model") -> Par
 
 # ---- weights -------------------------------------------------------------------------------------
 
+def _member(group: h5py.Group, name: str, kind: type) -> Any:
+    """``group[name]`` when it is a ``kind`` stored in this file (a hard link), else None: external links and
+    soft links could make the weights come from another file or another place."""
+    if not name or not isinstance(group.get(name, getlink=True), h5py.HardLink):
+        return None
+    item = group[name]
+    return item if isinstance(item, kind) else None
+
+
 def _read_conv_weights(weights: h5py.Group, layer: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if layer not in weights:
+    group = _member(weights, layer, h5py.Group)
+    if group is None:
         raise CheckpointError(f"{where}: model_weights has no group for layer {layer!r}; the file is incomplete.")
-    group = weights[layer]
     found: dict[str, np.ndarray] = {}
     for wname in _text_list(group.attrs.get("weight_names", [])):
         key = wname.rsplit("/", 1)[-1].split(":")[0]
-        if wname not in group:
+        data = _member(group, wname, h5py.Dataset)
+        if data is None:
             raise CheckpointError(f"{where}: layer {layer!r} lists weight {wname!r} but the file does not hold it.")
-        found[key] = np.asarray(group[wname], dtype=np.float32)
+        if data.dtype.kind not in "fiu" or data.is_virtual or data.external:
+            raise CheckpointError(
+                f"{where}: weight {wname!r} of layer {layer!r} is not a numeric array stored in this file "
+                f"(dtype {data.dtype}{', virtual' if data.is_virtual else ''}{', external' if data.external else ''})."
+                " Import the .hdf5 file that 3D-RCAN's train.py wrote."
+            )
+        found[key] = np.asarray(data, dtype=np.float32)
+        if not np.isfinite(found[key]).all():
+            raise CheckpointError(f"{where}: weight {wname!r} of layer {layer!r} holds NaN or Inf values; the "
+                                  "checkpoint is unusable. Pick one from before training diverged.")
     missing = [k for k in ("kernel", "bias") if k not in found]
     if missing:
         raise CheckpointError(
@@ -414,9 +450,9 @@ def convert_weights(f: h5py.File, parsed: ParsedRCAN, model: Any, where: str) ->
 
     from scopert.training.models.rcan import conv_layers_in_build_order
 
-    if "model_weights" not in f:
+    weights = _member(f, "model_weights", h5py.Group)
+    if weights is None:
         raise CheckpointError(f"{where}: the Keras file has no 'model_weights' group; it holds no weights.")
-    weights = f["model_weights"]
     targets = conv_layers_in_build_order(model)
     if len(targets) != len(parsed.conv_names):  # pragma: no cover - the parser guarantees this
         raise CheckpointError(f"{where}: {len(parsed.conv_names)} Keras convs for {len(targets)} model convs.")
@@ -461,13 +497,19 @@ def import_keras_rcan(path: str | os.PathLike, out_dir: str | os.PathLike, name:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise CheckpointError(f"{where} is not a readable HDF5 file ({exc}). Pass a 3D-RCAN .hdf5 model file.") from None
-    with f:
-        keras_config = read_model_config(f, where)
-        parsed = parse_rcan_config(keras_config, where)
-        model = build_model(parsed.model_config)
-        state = convert_weights(f, parsed, model, where)
-        model.load_state_dict(state, strict=True)
-        meta = {k: _text(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
+    try:
+        with f:
+            keras_config = read_model_config(f, where)
+            parsed = parse_rcan_config(keras_config, where)
+            model = build_model(parsed.model_config)
+            state = convert_weights(f, parsed, model, where)
+            model.load_state_dict(state, strict=True)
+            meta = {k: _text(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
+    except Exception as exc:
+        if isinstance(exc, CheckpointError) or not _raised_in_h5py(exc):
+            raise
+        raise CheckpointError(f"{where}: the HDF5 file is damaged ({' '.join(str(exc).split())[:200]}). Copy it "
+                              "again from its source, or pick another checkpoint.") from None
 
     match = CHECKPOINT_NAME.match(path.name)
     train_config: dict[str, Any] = {"imported_from": FORMAT, **meta}
@@ -485,6 +527,14 @@ def import_keras_rcan(path: str | os.PathLike, out_dir: str | os.PathLike, name:
     write_run_info(info)
     log.info("imported %s (%s) into %s", path.name, _summary(parsed.model_config), folder)
     return info
+
+
+def _raised_in_h5py(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of h5py/libhdf5 (damaged file structure), not out of the parser above."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "h5py" in tb.tb_frame.f_code.co_filename
 
 
 def _summary(cfg: dict[str, Any]) -> str:

@@ -116,6 +116,9 @@ def extract_lightning_state_dict(raw: Any, path: Path) -> dict[str, Any]:
     prefixed = any(str(k).startswith(PREFIX) for k in state)
     clean = {}
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: the state_dict has the key {key!r}, which is not a parameter name; the "
+                                  "file is damaged. Pass the epoch=N.ckpt file that SHINE's ModelCheckpoint wrote.")
         bare = key[len(PREFIX):] if prefixed and key.startswith(PREFIX) else key
         if (prefixed and not key.startswith(PREFIX)) or not _SHINE_KEYS.match(bare):
             raise CheckpointError(
@@ -133,15 +136,27 @@ def infer_config(state: dict[str, Any], path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: the SHINE weight {key!r} is missing; the checkpoint is incomplete. {HINT}")
     layer0_a = sorted(int(m.group(1)) for k in state if (m := _LAYER0_A.match(k)))
     config: dict[str, Any] = {
-        "filter": int(state["first_output.params"].shape[0]),
-        "out_channels": int(state["last_out.weight"].shape[0]),
+        "filter": _size(state, "first_output.params", 0, path),
+        "out_channels": _size(state, "last_out.weight", 0, path),
     }
     if layer0_a:
         if layer0_a != list(range(len(layer0_a))):
             raise CheckpointError(f"{path}: convolution_layer0_a blocks {layer0_a} are not numbered 0..n; {HINT}")
-        config["frame_num"] = int(state["convolution_layer0_a.0.0.weight"].shape[1]) + 1
+        config["frame_num"] = _size(state, "convolution_layer0_a.0.0.weight", 1, path) + 1
         config["blind"] = len(layer0_a) - 1
     else:
         config["frame_num"] = 1
         config["blind"] = None
     return config
+
+
+def _size(state: dict[str, Any], key: str, axis: int, path: Path) -> int:
+    """The size of ``state[key]`` along ``axis``; a non-tensor or a tensor with too few axes is named."""
+    import torch
+
+    value = state[key]
+    if not isinstance(value, torch.Tensor) or value.dim() <= axis or value.shape[axis] < 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(f"{path}: the SHINE weight {key!r} has shape {shape}, which no SHINE network has; "
+                              f"the checkpoint is damaged. {HINT}")
+    return int(value.shape[axis])

@@ -148,6 +148,10 @@ def extract_state_dict(raw: Any, path: Path) -> dict[str, Any]:
         )
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: 'model_state_dict' is a {type(state).__name__}, not a state dict.")
+    not_names = [k for k in state if not isinstance(k, str)]  # None is a possible key
+    if not_names:
+        raise CheckpointError(f"{path}: the state dict has the key {not_names[0]!r}, which is not a parameter name; "
+                              "the file is damaged. Pass the *.pytorch file that pytorch-3dunet's trainer wrote.")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
@@ -156,6 +160,8 @@ def check_state_dict(model: Any, state: dict[str, Any], path: Path, what: str, h
 
     ``what`` names the expected model ("a pytorch-3dunet UNet3D"), ``hint`` says what to check when it fails.
     """
+    from scopert.training.importers.state_dict import check_values
+
     expected = model.state_dict()
     unexpected = [k for k in state if k not in expected]
     missing = [k for k in expected if k not in state]
@@ -179,6 +185,7 @@ def check_state_dict(model: Any, state: dict[str, Any], path: Path, what: str, h
             raise CheckpointError(
                 f"{path}: {key} has shape {got} in the checkpoint but {want} in {what}. {hint}"
             )
+    check_values(state, expected, str(path), hint)
 
 
 # ---- run folder ---------------------------------------------------------------------------------------------

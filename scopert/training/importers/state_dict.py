@@ -2,8 +2,9 @@
 
 ``torch.load(weights_only=True)`` rebuilds only tensors, containers and plain values, plus the few harmless
 types that a format is known to hold (``numpy_scalar_globals``, ``lightning_globals``), allowed for that one load
-through the ``torch.serialization.safe_globals`` context (never process-wide ``add_safe_globals``). Anything else (a class, a function, a ``__reduce__`` that opens a file) is
-refused with a message naming ``--trust-checkpoint``; only ``trust=True`` hands the file to the full unpickler.
+through the ``torch.serialization.safe_globals`` context (never process-wide ``add_safe_globals``). Anything else
+(a class, a function, a ``__reduce__`` that opens a file) is refused with a message naming ``--trust-checkpoint``;
+only ``trust=True`` hands the file to the full unpickler.
 A DataParallel ``module.`` prefix is stripped and a ``model_state_dict``/``state_dict`` wrapper is unwrapped.
 Must not import scopert.export or scopert.runtime.
 """
@@ -150,4 +151,22 @@ def check_fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], whe
                 f"{where}: {built_from} disagrees with the weights at {key!r}: the checkpoint has shape "
                 f"{tuple(state[key].shape)}, the model built from it {tuple(ref.shape)}. {fix}"
             )
+    check_values(state, own, where, fix)
+
+
+def check_values(state: dict[str, Any], own: dict[str, torch.Tensor], where: str, fix: str) -> None:
+    """Each tensor the model takes is a tensor of its kind (floating for weights, integer for counters) and
+    finite: ``load_state_dict`` would silently cast complex or integer values, and NaN weights give NaN images."""
+    for key, ref in own.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where}: {key!r} is a {type(value).__name__}, not a tensor. {fix}")
+        if ref.is_floating_point() != value.is_floating_point() or value.is_complex():
+            raise CheckpointError(f"{where}: {key!r} holds {value.dtype} values where the model keeps {ref.dtype}; "
+                                  f"the file is damaged or not a checkpoint of this network. {fix}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: {key!r} holds NaN or Inf values; the checkpoint is unusable. Pick one "
+                                  "from before training diverged.")
 

@@ -95,6 +95,7 @@ def infer_config(state: dict[str, torch.Tensor], role: str, where: str) -> dict[
         head = f"model.{10 + n_blocks + 6 + 1}.weight"
         if head not in state:
             raise CheckpointError(f"{where}: the ResNet output conv {head!r} is missing; the file is incomplete.")
+        _check_conv(state, head, where)
         w1 = state["model.1.weight"]
         cfg = {
             "arch": arch,
@@ -123,7 +124,8 @@ def infer_config(state: dict[str, torch.Tensor], role: str, where: str) -> dict[
             raise CheckpointError(
                 f"{where}: the U-Net output conv 'model.model.3.weight' is missing; the file is incomplete."
             )
-        w0, up = state["model.model.0.weight"], state["model.model.3.weight"]
+        w0 = _check_conv(state, "model.model.0.weight", where)
+        up = _check_conv(state, "model.model.3.weight", where)
         cfg = {"arch": arch, "input_nc": int(w0.shape[1]), "ngf": int(w0.shape[0]), "output_nc": int(up.shape[1])}
     else:
         raise CheckpointError(
@@ -138,6 +140,15 @@ def infer_config(state: dict[str, torch.Tensor], role: str, where: str) -> dict[
     if role == "generator":
         cfg["use_dropout"] = True  # the seed default (no --no_dropout); dropout leaves no weights to tell
     return cfg
+
+
+def _check_conv(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
+    """A conv weight (4 axes) that the architecture is read from; anything else is named."""
+    weight = state[key]
+    if weight.dim() != 4 or 0 in weight.shape:
+        raise CheckpointError(f"{where}: {key!r} has shape {tuple(weight.shape)}, not that of a 2D conv weight; the "
+                              "file is damaged or not a TA-GAN checkpoint.")
+    return weight
 
 
 def config_from_opt(opts: dict[str, Any], role: str, inferred: dict[str, Any], where: str) -> dict[str, Any]:
