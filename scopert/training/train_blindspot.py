@@ -26,7 +26,7 @@ from scopert.errors import ConfigError, InputError
 from scopert.training.frames_data import FrameAugment, FrameSampler, load_frames, validation_items
 from scopert.training.registry import get_family
 from scopert.training.runfolder import continue_run, previous_run, RunInfo, write_run_info
-from scopert.training.config_file import read_config_file
+from scopert.training.config_file import check_option_types, read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ def load_blindspot_config(config: str | os.PathLike | dict[str, Any] | BlindSpot
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"blindspot config: unknown key {unknown[0]!r}. Known keys: {', '.join(known)}.")
+    check_option_types(data, BlindSpotTrainConfig, "blindspot config" if base is None else f"blindspot config {path}",
+                       {"data_path": "str | list[str] | None"})
     if data.get("data_path") in (None, "", []):
         raise ConfigError("blindspot config: 'data_path' is missing; set it to a folder of noisy frames or a stack.")
     cfg = BlindSpotTrainConfig(**data)

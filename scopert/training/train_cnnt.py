@@ -39,7 +39,7 @@ from scopert.training.cnnt_losses import combined_loss, psnr_clipped
 from scopert.training.models.cnnt import CnntConfig
 from scopert.training.registry import get_family
 from scopert.training.runfolder import continue_run, previous_run, read_run_info, RunInfo, write_run_info
-from scopert.training.config_file import read_config_file
+from scopert.training.config_file import check_option_types, read_config_file
 from scopert.training.trainer import Trainer, TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def load_cnnt_config(source: str | os.PathLike | dict[str, Any] | CnntTrainConfi
     for key in _BOOL:
         if key in data:
             data[key] = bool(data[key])
+    check_option_types(data, CnntTrainConfig, where)
     try:
         cfg = CnntTrainConfig(**data)
     except TypeError as exc:

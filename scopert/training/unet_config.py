@@ -220,17 +220,24 @@ def _expand(paths: list[Any], base: Path, key: str, where: str) -> list[Path]:
     """Files as given; folders expand to their ``*.h5, *.hdf, *.hdf5, *.hd5`` files (sorted), as in the seed."""
     out: list[Path] = []
     for p in paths:
-        path = Path(str(p)).expanduser()
-        if not path.is_absolute() and not path.exists() and (base / path).exists():
-            path = base / path
-        if path.is_dir():
-            found = sorted(f for f in path.iterdir() if f.suffix.lower() in H5_SUFFIXES)
-            if not found:
-                raise ConfigError(f"{where}: {key}: the folder {path} holds no HDF5 file (*.h5, *.hdf, *.hdf5, *.hd5).")
-            out += found
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise ConfigError(f"{where}: {key}: {path} does not exist; fix the path (only paths should need changing "
-                              "in a seed config).")
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{where}: {key} must list file or folder paths (strings), got {p!r}.")
+        try:
+            out += _expand_one(Path(p).expanduser(), base, key, where)
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte in the path
+            raise ConfigError(f"{where}: {key}: {p[:80]!r} is not a usable path ({exc}); fix the path.") from None
     return out
+
+
+def _expand_one(path: Path, base: Path, key: str, where: str) -> list[Path]:
+    if not path.is_absolute() and not path.exists() and (base / path).exists():
+        path = base / path
+    if path.is_dir():
+        found = sorted(f for f in path.iterdir() if f.suffix.lower() in H5_SUFFIXES)
+        if not found:
+            raise ConfigError(f"{where}: {key}: the folder {path} holds no HDF5 file (*.h5, *.hdf, *.hdf5, *.hd5).")
+        return found
+    if path.is_file():
+        return [path]
+    raise ConfigError(f"{where}: {key}: {path} does not exist; fix the path (only paths should need changing "
+                      "in a seed config).")

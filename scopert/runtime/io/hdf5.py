@@ -20,7 +20,7 @@ import numpy as np
 
 from scopert.errors import ConfigError, InputError, OutputError, RunError
 from scopert.runtime.io.atomic import atomic_path
-from scopert.runtime.io.image import ImageData, RUNTIME_AXES, validate_axes
+from scopert.runtime.io.image import ImageData, RUNTIME_AXES, check_fits_in_memory, validate_axes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,40 @@ def list_datasets(f: h5py.Group) -> list[str]:
     return sorted(names)
 
 
+class CheckedDataset(h5py.Dataset):
+    """An ``h5py.Dataset`` whose reads raise InputError naming the file when its data is damaged.
+
+    HDF5 finds a corrupt chunk, a failed filter or a data address past the end of a truncated file
+    only when that part is read, and reports it as OSError or RuntimeError; here it becomes an
+    InputError. Loading the whole dataset (``np.asarray``) is refused up front when it cannot fit
+    in memory (a damaged header can claim any shape).
+    """
+
+    def _damaged(self, exc: Exception) -> InputError:
+        where = f"{self.file.filename}:{self.name}" if self.id.valid else "an HDF5 dataset"
+        return InputError(
+            f"{where} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the file is truncated or "
+            "corrupt: copy it again or re-export it"
+        )
+
+    def __getitem__(self, args: Any, new_dtype: Any = None) -> Any:
+        try:
+            return super().__getitem__(args, new_dtype=new_dtype)
+        except (OSError, RuntimeError) as e:
+            raise self._damaged(e) from e
+
+    def read_direct(self, dest: Any, source_sel: Any = None, dest_sel: Any = None) -> None:
+        try:
+            super().read_direct(dest, source_sel, dest_sel)
+        except (OSError, RuntimeError) as e:
+            raise self._damaged(e) from e
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        nbytes = int(np.prod(self.shape, dtype=np.float64)) * np.dtype(dtype or self.dtype).itemsize
+        check_fits_in_memory(nbytes, f"{self.file.filename}:{self.name}")
+        return super().__array__(dtype, copy)
+
+
 def _open_read(path: Path) -> h5py.File:
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file; check the path")
@@ -45,7 +79,7 @@ def _open_read(path: Path) -> h5py.File:
     try:
         # No file locking: inputs are opened read-only and may live on read-only or network mounts.
         return h5py.File(path, "r", locking=False)
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError) as e:
         raise InputError(f"{path} cannot be opened as HDF5 ({e}); the file may be truncated or corrupt") from e
 
 
@@ -74,26 +108,36 @@ def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = T
     path = Path(path)
     f = _open_read(path)
     try:
-        obj = f.get(dataset)
-        if not isinstance(obj, h5py.Dataset):
-            found = list_datasets(f)
-            what = "is a group, not a dataset" if obj is not None else "is not in the file"
-            raise InputError(
-                f"dataset {dataset!r} {what} {path}; it has {', '.join(map(repr, found)) or 'no datasets'}: "
-                "pass one of them as the dataset name"
-            )
-        axes = _axes_attr(obj, path)
-        if lazy:
-            return ImageData(array=obj, axes=axes, path=path, source_axes=axes, dataset=dataset, _closer=f.close)
         try:
-            array = obj[()]
-        except OSError as e:
-            raise InputError(f"{path}:{dataset} cannot be read ({e}); the file may be truncated or corrupt") from e
+            obj = _find_dataset(f, dataset, path)
+            axes = _axes_attr(obj, path)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+            # h5py raises these for damaged object headers, heaps and attributes
+            raise InputError(
+                f"{path}:{dataset} cannot be opened ({type(e).__name__}: {str(e)[:200]}); the file is truncated "
+                "or corrupt: copy it again or re-export it"
+            ) from e
+        ds = CheckedDataset(obj.id, readonly=True)
+        if lazy:
+            return ImageData(array=ds, axes=axes, path=path, source_axes=axes, dataset=dataset, _closer=f.close)
+        array = np.asarray(ds)
         f.close()
         return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset)
     except BaseException:
         f.close()
         raise
+
+
+def _find_dataset(f: h5py.File, dataset: str, path: Path) -> h5py.Dataset:
+    obj = f.get(dataset)
+    if not isinstance(obj, h5py.Dataset):
+        found = list_datasets(f)
+        what = "is a group, not a dataset" if obj is not None else "is not in the file"
+        raise InputError(
+            f"dataset {dataset!r} {what} {path}; it has {', '.join(map(repr, found)) or 'no datasets'}: "
+            "pass one of them as the dataset name"
+        )
+    return obj
 
 
 def _check_compression(compression: str | None) -> None:

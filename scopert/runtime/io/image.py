@@ -11,6 +11,7 @@ Imports numpy, the standard library and ``scopert.errors`` only (never torch, on
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -162,6 +163,84 @@ def image_kind(path: str | Path) -> str:
         f"{path}: unknown image file type; supported suffixes are {', '.join(SUPPORTED_SUFFIXES)} "
         "(and .ome.tif); convert the file or rename it if the suffix is wrong"
     )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS could give this process now (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Raise InputError before allocating ``nbytes`` for ``what`` when the machine cannot hold them.
+
+    A damaged header can claim 10**12 pixels; refusing here names the file instead of a MemoryError
+    (or an out-of-memory kill) part way through a run.
+    """
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise InputError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB in memory but only {free / 2**30:.1f} GiB are available; "
+            "if the file is intact, convert it to an uncompressed TIFF or HDF5 (read slab by slab), "
+            "otherwise its header is corrupt: copy or re-export the file"
+        )
+
+
+class GuardedArray:
+    """A lazy array (e.g. Zarr) whose reads raise InputError naming the file when its data is damaged.
+
+    Slicing and ``np.asarray`` behave as on the wrapped array; any exception its library raises while
+    decoding (codec errors, wrong chunk sizes, broken metadata found late) becomes an InputError, and
+    loading the whole array is refused up front when it cannot fit in memory. Other attributes pass through.
+    """
+
+    def __init__(self, array: Any, where: str) -> None:
+        self._array = array
+        self._where = where
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._array, name)
+
+    def _damaged(self, exc: Exception) -> InputError:
+        return InputError(
+            f"{self._where} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the data is damaged or "
+            "incomplete: copy or re-export it"
+        )
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.asarray(self._array[index])
+        except Exception as exc:  # noqa: BLE001 - the library's decoders raise any type on damaged data
+            raise self._damaged(exc) from exc
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        check_fits_in_memory(int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize, self._where)
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def _slab_rows(shape: tuple[int, ...], itemsize: int) -> int:

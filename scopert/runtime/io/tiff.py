@@ -29,7 +29,7 @@ import tifffile
 
 from scopert.errors import ConfigError, InputError, OutputError, RunError, ScopertError
 from scopert.runtime.io.atomic import atomic_path
-from scopert.runtime.io.image import ImageData, normalize_axes, validate_axes
+from scopert.runtime.io.image import ImageData, check_fits_in_memory, normalize_axes, validate_axes
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,11 @@ def _open_tiff(path: str | os.PathLike[str]) -> tuple[tifffile.TiffFile, Any]:
                 f"{path} is not a TIFF file ({e}); give a TIFF, or use the right suffix for its real format"
             ) from e
         raise _corrupt(path, str(e)) from e
-    except (ValueError, OSError, EOFError, IndexError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - tifffile's parser raises any type on a damaged file
+        # (struct.error, RuntimeError 'incompatible keyframe', TypeError, ZeroDivisionError, AssertionError ...)
         if tif is not None:
             tif.close()
-        raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+        raise _corrupt(path, f"{type(e).__name__}: {str(e)[:200]}") from e
     if len(tif.series) > 1:
         log.info("%s holds %d image series; reading the first, %s", path, len(tif.series), series.shape)
     return tif, series
@@ -139,7 +140,7 @@ def _ome_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
         image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
         image = image[0] if isinstance(image, list) else image
         channels = image["Pixels"].get("Channel")
-    except (KeyError, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - damaged OME-XML; channel names are optional, the pixels still read
         return None
     if channels is None:
         return None
@@ -166,15 +167,18 @@ def read_tiff(path: str | os.PathLike[str], memmap: bool = True) -> ImageData:
         source_axes = str(series.axes)
         axes = normalize_axes(source_axes, path)
         names = _ome_channel_names(tif)
-        if memmap and _is_mappable(series):
-            dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
-            array: Any = np.memmap(path, dtype=dtype, mode="r", offset=int(series.dataoffset),
-                                   shape=tuple(series.shape))
-        else:
-            try:
+        try:
+            if memmap and _is_mappable(series):  # _open_tiff checked that the data lies inside the file
+                dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+                array: Any = np.memmap(path, dtype=dtype, mode="r", offset=int(series.dataoffset),
+                                       shape=tuple(series.shape))
+            else:
+                check_fits_in_memory(int(series.nbytes), f"decoding {path}")
                 array = series.asarray()
-            except Exception as e:  # decoders raise zlib.error, ValueError, ... on damaged data
-                raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+        except ScopertError:
+            raise
+        except Exception as e:  # noqa: BLE001 - decoders raise zlib.error, ValueError, ... on damaged data
+            raise _corrupt(path, f"{type(e).__name__}: {str(e)[:200]}") from e
     finally:
         tif.close()
     return ImageData(array=array, axes=axes, path=path, source_axes=source_axes, channel_names=names)
@@ -192,12 +196,23 @@ class TiffSlabReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._tif, self._series = _open_tiff(self.path)
+        self._cache: np.ndarray | None = None
         try:
             self.source_axes = str(self._series.axes)
             self.axes = normalize_axes(self.source_axes, self.path)
+            self._plan_reads()
+        except ScopertError:
+            self._tif.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - page metadata of a damaged file
+            self._tif.close()
+            raise _corrupt(self.path, f"{type(e).__name__}: {str(e)[:200]}") from e
         except BaseException:
             self._tif.close()
             raise
+
+    def _plan_reads(self) -> None:
+        """How ``read`` gets rows: straight from the file, page by page, or by decoding the series once."""
         self.shape: tuple[int, ...] = tuple(int(n) for n in self._series.shape)
         self.dtype = np.dtype(self._series.dtype)
         self._file_dtype = self.dtype.newbyteorder(self._tif.byteorder)
@@ -209,7 +224,6 @@ class TiffSlabReader:
         self._pages_per_row = row_size // page_size if page_size and row_size % page_size == 0 else 0
         if self._pages_per_row and self._pages_per_row * self.shape[0] != npages:
             self._pages_per_row = 0
-        self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -247,6 +261,7 @@ class TiffSlabReader:
                 return np.asarray(data).reshape(out_shape)
             if self._cache is None:
                 log.info("%s: pages do not tile axis 0; decoding the whole series once", self.path)
+                check_fits_in_memory(int(self._series.nbytes), f"decoding {self.path}")
                 self._cache = self._series.asarray()
             return np.array(self._cache[start:stop])
         except ScopertError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
             node, name, ome_axes = _open_node(zarr, path, dataset)
             shape, dtype = tuple(int(n) for n in node.shape), np.dtype(node.dtype)
             raw = node.attrs.get("axes", ome_axes)
+            _check_blosc_chunks(node, path / name if name else path)
     except ScopertError:
         raise
     except Exception as e:  # zarr raises many types for a folder that is not a (valid) store
@@ -82,6 +85,46 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
     where = f"{path}:{name}" if name else str(path)
     return ImageData(array=GuardedArray(node, where), axes=axes, path=path,
                      source_axes=raw if isinstance(raw, str) else None, dataset=name)
+
+
+_CHUNK_KEY = re.compile(r"^(c([./]\d+)*|(c[./])?\d+([./]\d+)*)$")
+_BLOSC_HEADER = 16
+
+
+def _check_blosc_chunks(node: Any, folder: Path) -> None:
+    """Refuse Blosc chunks whose header does not match the file, before the codec reads past the buffer.
+
+    numcodecs' Blosc decoder trusts the compressed size in a chunk's 16-byte header and reads that many
+    bytes: a damaged header crashes the process (a segfault, found by fuzzing). Each chunk file's
+    header must state the file's own length and, without filters, the array's chunk size.
+    """
+    compressors = tuple(getattr(node, "compressors", ()) or ())
+    if getattr(node, "shards", None) is not None or not folder.is_dir():
+        return
+    if not any(type(c).__name__.lower().startswith("blosc") for c in compressors):
+        return
+    filters = tuple(getattr(node, "filters", ()) or ())
+    chunk_bytes = int(np.prod(node.chunks, dtype=np.int64)) * np.dtype(node.dtype).itemsize
+    for file in sorted(folder.rglob("*")):
+        key = file.relative_to(folder).as_posix()
+        if not file.is_file() or not _CHUNK_KEY.match(key):
+            continue
+        with open(file, "rb") as f:
+            header = f.read(_BLOSC_HEADER)
+        size = file.stat().st_size
+        problem = None
+        if len(header) < _BLOSC_HEADER:
+            problem = f"{size} bytes, shorter than a Blosc header"
+        else:
+            nbytes, blocksize, cbytes = struct.unpack("<III", header[4:16])
+            if cbytes != size:
+                problem = f"its header claims {cbytes} compressed bytes, the file has {size}"
+            elif not filters and nbytes != chunk_bytes:
+                problem = f"its header claims {nbytes} bytes of data, a chunk holds {chunk_bytes}"
+            elif nbytes and not 0 < blocksize <= nbytes:
+                problem = f"its header claims a block size of {blocksize} for {nbytes} bytes"
+        if problem:
+            raise InputError(f"{folder}: chunk {key!r} is damaged ({problem}); copy the store again or re-export it")
 
 
 def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, str | None]:

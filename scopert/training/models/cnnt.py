@@ -71,6 +71,8 @@ class CnntConfig:
         values = dict(cfg)
         for key in ("height", "width"):  # the seed stores lists of patch sizes; the model uses the first
             if isinstance(values.get(key), (list, tuple)):
+                if not values[key]:
+                    raise ConfigError(f"cnnt model config: {key} is an empty list; give the patch size, e.g. [128].")
                 values[key] = int(values[key][0])
         if "with_mixer" in values:
             values["with_mixer"] = bool(values["with_mixer"])
@@ -79,10 +81,14 @@ class CnntConfig:
         return conf
 
     def validate(self) -> None:
+        for key in ("blocks_per_set", "n_head", "time", "height", "width", "kernel_size", "stride", "padding"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"cnnt model config: {key} must be an integer, got {value!r}.")
         if not isinstance(self.blocks, (list, tuple)) or not 2 <= len(self.blocks) <= 4:
             raise ConfigError(f"cnnt model config: blocks must list 2 to 4 channel counts, got {self.blocks!r}.")
         for c in self.blocks:
-            if not isinstance(c, int) or c < 1 or c % self.n_head:
+            if not isinstance(c, int) or c < 1 or self.n_head < 1 or c % self.n_head:
                 raise ConfigError(
                     f"cnnt model config: every entry of blocks must be a positive multiple of n_head={self.n_head}, "
                     f"got {self.blocks!r}."
