@@ -41,6 +41,7 @@ def run_gpu_check(onnx_path: str | os.PathLike, calib: Sequence[str | os.PathLik
     from scopert.export.precision import load_calibration
     from scopert.export.trt_builder import build_engine, check_strong_typing, import_tensorrt, probe_gpu
     from scopert.runtime.backends.trt import TrtBackend
+    from scopert.runtime.onnx_file import check_external_data
 
     trt = trt if trt is not None else import_tensorrt()
     check_strong_typing(str(trt.__version__))
@@ -51,6 +52,7 @@ def run_gpu_check(onnx_path: str | os.PathLike, calib: Sequence[str | os.PathLik
     gpu = probe_gpu(str(trt.__version__), cuda)
     card = read_card(onnx_path)
     reference, found_by = find_fp32_reference(Path(onnx_path), card, reference_onnx)
+    check_external_data(reference)  # read_card checked onnx_path; the reference is read by ORT below
     spatial = card.input.spatial_axes
     tiles = load_calibration(card, calib, tiles=max(2, batch), tile=dict(zip(spatial, tile)) if tile else None)
     tile_sizes = tuple(tiles.shape[1:][card.input.axes[1:].index(a)] for a in spatial)
