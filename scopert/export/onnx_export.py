@@ -338,4 +338,8 @@ def _write_atomic(proto: Any, out_path: Path) -> None:
         os.replace(tmp, out_path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {out_path} ({exc.strerror}). Choose a writable folder.") from None
+        raise OutputError(f"cannot write {out_path} ({exc.strerror or exc}). Free space in "
+                          f"{out_path.absolute().parent} or choose a writable folder with room for it.") from exc
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: no half model, no temporary
+        tmp.unlink(missing_ok=True)
+        raise

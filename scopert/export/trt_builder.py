@@ -314,22 +314,38 @@ def _save_timing_cache(config: Any, path: Path) -> None:
     if cache is None:
         return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(bytes(cache.serialize()))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(bytes(cache.serialize()))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_engine(plan: BuildPlan, card: ModelCard, serialized: bytes, seconds: float) -> Path:
+    """The engine and its sidecar card, both or neither: the card is written first, the engine renamed last."""
     engine_path = plan.engine_path
     tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, engine_path)
-    card.verification = dict(card.verification)
-    card.verification[CARD_KEY] = {
-        "key": plan.key.to_dict(), "digest": plan.key.digest(), "engine_sha256": sha256_file(engine_path),
-        "build_seconds": round(seconds, 3), "workspace_bytes": plan.workspace_bytes, "opt_level": plan.opt_level,
-        "onnx": plan.onnx_path.name, "tf32": plan.key.tf32, "profiles": plan.key.profiles,
-    }
-    return card.write_sidecar(engine_path)
+    card_path = None
+    try:
+        tmp.write_bytes(serialized)
+        card.verification = dict(card.verification)
+        card.verification[CARD_KEY] = {
+            "key": plan.key.to_dict(), "digest": plan.key.digest(), "engine_sha256": sha256_file(tmp),
+            "build_seconds": round(seconds, 3), "workspace_bytes": plan.workspace_bytes,
+            "opt_level": plan.opt_level, "onnx": plan.onnx_path.name, "tf32": plan.key.tf32,
+            "profiles": plan.key.profiles,
+        }
+        card_path = card.write_sidecar(engine_path)
+        os.replace(tmp, engine_path)
+    except BaseException as exc:  # a full disk, Ctrl-C: no engine without its card, and no temporary
+        tmp.unlink(missing_ok=True)
+        if card_path is not None:
+            card_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file
+            raise OSError(exc.errno, exc.strerror, str(engine_path)) from exc
+        raise
+    return card_path
 
 
 def describe(result: BuildResult) -> str:

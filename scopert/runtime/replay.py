@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scopert.errors import ConfigError, InputError
+from scopert.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +93,57 @@ def read_replay_stack(path: str | Path) -> np.ndarray:
         raise InputError(f"replay file {path} does not exist.")
     with read_image(path) as img:
         check_replay_layout(path, img.shape, img.axes, img.source_axes)
-        frames = np.asarray(img.array)
+        # A copy in memory, read once: a memmap would die with SIGBUS if the file were cut mid-replay, and disk
+        # reads during the replay would distort the camera timing.
+        frames = np.array(img.array)
     if frames.shape[0] < 1:
         raise InputError(f"{path.name} holds no frames.")
     return frames
 
 
 class _PageWriter:
-    """Writes outputs as they come: one TIFF page each, under a temporary name renamed at the end."""
+    """Writes outputs as they come: one TIFF page each, under a temporary name renamed at the end.
+
+    A failed run (an error, Ctrl-C, a full disk) deletes the temporary, so nothing is left under either name.
+    """
 
     def __init__(self, dest: Path) -> None:
         import tifffile
 
-        from scopert.runtime.io.atomic import partial_path
+        from scopert.runtime.io.atomic import partial_path, remove_stale_partials
 
         self.dest = Path(dest)
         self.tmp = partial_path(self.dest)
+        remove_stale_partials(self.dest)
         self.tif = tifffile.TiffWriter(self.tmp, bigtiff=True)
         self.count = 0
 
+    def _failure(self, exc: OSError) -> Exception:
+        from scopert.runtime.io.atomic import DiskFullError, disk_full_cause, disk_full_message
+
+        full = disk_full_cause(exc)
+        if full is not None:
+            return DiskFullError(disk_full_message(self.dest, full))
+        return OutputError(f"writing {self.dest} failed ({exc}); check the folder's permissions and free space")
+
     def write(self, frame: np.ndarray) -> None:
-        self.tif.write(np.asarray(frame, np.float32), contiguous=True)
+        try:
+            self.tif.write(np.asarray(frame, np.float32), contiguous=True)
+        except OSError as exc:
+            raise self._failure(exc) from exc
         self.count += 1
 
     def close(self, ok: bool) -> None:
-        self.tif.close()
+        try:
+            self.tif.close()
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            if ok:
+                raise self._failure(exc) from exc
+            return  # the run failed already: its own error is the one to report
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         if ok:
             self.tmp.replace(self.dest)
         else:
@@ -147,6 +173,7 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
     writer = _PageWriter(Path(output)) if output is not None else None
     interval = 1.0 / fps
     feed_state = {"lateness": 0.0, "backlog": 0}
+    stop = threading.Event()  # set when the consumer fails (an error or Ctrl-C): the camera side stops at once
     start = time.perf_counter()
 
     def feed() -> None:
@@ -155,8 +182,8 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
                 frame = frames[i % len(frames)]
                 due = start + i * interval
                 now = time.perf_counter()
-                if due > now:
-                    time.sleep(due - now)
+                if (due > now and stop.wait(due - now)) or stop.is_set():
+                    break
                 feed_state["lateness"] = max(feed_state["lateness"], time.perf_counter() - due)
                 stream.push(frame)
             feed_state["backlog"] = stream.stats.accepted - stream.stats.produced
@@ -176,6 +203,7 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
                 on_output(out)
         ok = True
     finally:
+        stop.set()
         feeder.join()
         if writer is not None:
             writer.close(ok)

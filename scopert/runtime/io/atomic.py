@@ -10,18 +10,55 @@ Imports only the standard library and ``scopert.errors``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scopert.errors import OutputError
+from scopert.errors import OutputError, RunError
 
 log = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial-"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# numpy's tofile (used by tifffile) reports a short write without an errno: the disk filled mid-write.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+class DiskFullError(RunError):
+    """An output could not be written because its disk (or the process's file-size limit) is full."""
+
+
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or down its cause/context chain) that says the disk is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and (exc.errno in DISK_FULL_ERRNOS or _SHORT_WRITE.search(str(exc))):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_message(dest: str | os.PathLike[str] | None, cause: OSError) -> str:
+    """One line naming the file, its folder and the fix (free space, or another disk)."""
+    detail = cause.strerror or str(cause)
+    if dest is None and cause.filename:
+        dest = cause.filename
+    if dest is None:
+        return f"disk full ({detail}); free space on the output disk or write to another one, then rerun the command"
+    dest = Path(dest).absolute()
+    name = dest.name
+    if PARTIAL_MARK in name:  # a temporary of atomic_path: name the file it was going to become
+        name = name.split(PARTIAL_MARK)[0][1:]
+    elif name.endswith(".tmp"):
+        name = name[: -len(".tmp")]
+    return (f"disk full: cannot write {name} in {dest.parent} ({detail}); free space there or choose an output "
+            "folder on another disk, then rerun the command")
 
 
 def partial_path(dest: str | os.PathLike[str]) -> Path:
@@ -50,6 +87,30 @@ def _fsync_file(path: Path) -> None:
             os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_partials(dest: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporaries of ``dest`` left by processes that no longer run (killed by SIGKILL or SIGBUS, which
+    no handler can catch); a running writer's temporary is kept. Returns what was removed."""
+    dest = Path(dest)
+    removed = []
+    for path in dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*"):
+        pid = path.name.rsplit(PARTIAL_MARK, 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(path)
+            removed.append(path)
+            log.info("removed %s, left by an earlier run that was killed", path.name)
+    return removed
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it onto ``dest``, on error delete it.
@@ -63,6 +124,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = partial_path(dest)
     if tmp.exists() or tmp.is_symlink():
         _remove(tmp)  # left by an earlier crashed process that had the same pid
+    remove_stale_partials(dest)
     try:
         yield tmp
         if not (tmp.exists() or tmp.is_symlink()):
@@ -76,10 +138,20 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        full = disk_full_cause(exc)
+        if full is not None and not isinstance(exc, DiskFullError):
+            raise DiskFullError(disk_full_message(dest, full)) from exc
         raise
     log.debug("wrote %s", dest)
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``dest`` through ``atomic_path``: all of it, or nothing (and no temporary) on error."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
 
 
 def _same_file(a: Path, b: Path) -> bool:
