@@ -3,11 +3,16 @@
 A tile is an input window of fixed size along each tiled axis, placed on a grid. Windows may reach past
 the image; the reader fills that part by reflection. Two grids exist:
 
-- ``crop``: cores of ``tile - 2*halo`` partition the image; a tile's halo is discarded, so every output
-  voxel is written exactly once. The last core is shifted back to stay inside the image and writes only
-  what the previous core left.
+- ``crop``: cores of ``tile - 2*halo`` (rounded down to the divisor) partition the image; a tile's halo
+  is discarded, so every output voxel is written exactly once. The last core is shifted back to stay
+  inside the image and writes only what the previous core left.
 - ``blend``: windows cover ``[-halo, size + halo)`` at even spacing with at least ``overlap`` voxels
   shared by neighbours; outputs are averaged with a smooth weight (see ``stitch.py``).
+
+In both, every window starts on the whole image's divisor grid (``start + halo`` is a multiple of the
+divisor): a model that downsamples by its divisor (U-Net, strided generator) then sees each tile in the
+same pooling phase as the whole image, and tiles agree with whole-image inference and with each other.
+To stay on that grid the last window may reach up to ``divisor - 1`` voxels past ``size + halo``.
 
 Imports only numpy and the standard library.
 """
@@ -126,37 +131,55 @@ def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: f
         only = AxisTile(-halo, need, 0, size, True, True)
         return AxisPlan(axis, size, need, halo, scale, (only,))
 
+    align = _grid(axis, tile - 2 * halo, divisor)
     if mode == "crop":
         core = tile - 2 * halo
-        n = math.ceil(size / core)
+        step = core - core % align  # cores on the divisor grid
+        n = math.ceil(size / step)
         tiles = []
         for k in range(n):
-            write_start = k * core
-            write_stop = min(size, (k + 1) * core)
-            start = write_start - halo if k < n - 1 else size - core - halo
+            write_start = k * step
+            write_stop = min(size, (k + 1) * step)
+            start = write_start - halo if k < n - 1 else round_up(size - core, align) - halo
             tiles.append(AxisTile(start, tile, write_start, write_stop, k == 0, k == n - 1))
         return AxisPlan(axis, size, tile, halo, scale, tuple(tiles))
 
     if mode == "blend":
         # Neighbours share their halos plus a quarter of the valid part, where the blend happens.
-        if overlap is None:
-            overlap = 2 * halo + (tile - 2 * halo) // 4
+        if overlap is None:  # at most tile - align, so neighbours can stay on the divisor grid
+            overlap = min(2 * halo + (tile - 2 * halo) // 4, tile - align)
         elif overlap < 2 * halo:
             log.warning("overlap %d on axis %r is below 2x the halo (%d); using %d so every voxel gets full context",
                         overlap, axis, 2 * halo, 2 * halo)
             overlap = 2 * halo
         if overlap >= tile:
             raise ConfigError(f"overlap {overlap} on axis {axis!r} must be smaller than the tile ({tile}).")
-        span = size + 2 * halo  # windows cover [-halo, size + halo)
-        n = max(1, math.ceil((span - tile) / (tile - overlap)) + 1)
-        last = span - tile
-        starts = [round(k * last / (n - 1)) - halo if n > 1 else -halo for k in range(n)]
+        # windows cover [-halo, size + halo); positions count in grid units of ``align`` voxels
+        last = -(-(size + 2 * halo - tile) // align)
+        max_step = (tile - overlap) // align
+        if max_step < 1:  # neighbours this close cannot stay on the grid
+            log.warning("axis %r: an overlap of %d leaves neighbouring windows less than the divisor %d apart, so "
+                        "they cannot stay on the divisor grid; use an overlap of at most %d.",
+                        axis, overlap, align, tile - align)
+            align, last, max_step = 1, size + 2 * halo - tile, tile - overlap
+        n = max(1, math.ceil(last / max_step) + 1)
+        starts = [align * round(k * last / (n - 1)) - halo if n > 1 else -halo for k in range(n)]
         tiles = [
             AxisTile(s, tile, max(0, s), min(size, s + tile), k == 0, k == n - 1) for k, s in enumerate(starts)
         ]
         return AxisPlan(axis, size, tile, halo, scale, tuple(tiles))
 
     raise ConfigError(f"unknown stitch mode {mode!r}; use 'crop' or 'blend'.")
+
+
+def _grid(axis: str, core: int, divisor: int) -> int:
+    """The grid windows start on: the divisor, or 1 when the core is smaller than it (then say so)."""
+    if core >= divisor:
+        return divisor
+    log.warning("axis %r: the tile leaves %d voxels after the halo, fewer than the divisor %d, so tiles cannot "
+                "stay on the divisor grid; a model that downsamples may show seams. Use a tile of at least "
+                "2x the halo + %d.", axis, core, divisor, divisor)
+    return 1
 
 
 def plan_tiles(shape: dict[str, int], tile: dict[str, int], halo: dict[str, int], divisor: dict[str, int],
