@@ -200,8 +200,8 @@ class Model:
         return stats
 
     def prepare(self, array: np.ndarray, axes: str | None = None, pmin: float | None = None,
-                pmax: float | None = None, *, file_axes: str | None = None,
-                check: bool = True) -> tuple[np.ndarray, str, AppliedNormalization]:
+                pmax: float | None = None, *, file_axes: str | None = None, check: bool = True,
+                norm: AppliedNormalization | None = None) -> tuple[np.ndarray, str, AppliedNormalization]:
         """Check the input, resolve its axes, and fit the normalization once for the whole input.
 
         The internal array is ``(C, *loop, *tiled)`` (see ``layout``); ``split_loop_axes(data_axes, card)``
@@ -213,7 +213,8 @@ class Model:
         internal = to_internal(array, data_axes, self.in_layout.with_loop(loop))
         if internal.shape[0] != self.card.input.channels and "c" in self.card.input.axes:
             raise InputError(f"the input has {internal.shape[0]} channels; the model takes {self.card.input.channels}.")
-        norm = fit_normalization(array, self.card.normalization, pmin, pmax)
+        if norm is None:  # a given normalization (fitted on a whole volume) is kept, not refitted
+            norm = fit_normalization(array, self.card.normalization, pmin, pmax)
         return internal, data_axes, norm
 
     def plan_for(self, internal, data_axes: str, tile=None, overlap=None, stitch: str = "auto",
@@ -267,8 +268,7 @@ class Model:
 
         ``norm`` fixes the normalization (fitted once on a whole volume, e.g. by a client that splits it into
         blocks), so the result does not depend on which part of the volume ``array`` is."""
-        internal, data_axes, fitted = self.prepare(array, axes, pmin, pmax)
-        norm = norm or fitted
+        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax, norm=norm)
         self._check_time_window(internal)
         rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         return self._run(internal, norm, rp, sink, progress)

@@ -1,0 +1,218 @@
+"""One big volume on a Dask cluster: blocks with halos, each restored by a worker into one OME-Zarr, resumable.
+
+The client plans (``plan_volume``): it refuses what cannot be exact or safe, plans the blocks, fits the
+normalization once on the whole (lazily read) volume as a single-machine run does, and computes the ledger's
+identity (sha256 of model, input and options). ``run_volume`` then creates the output store at a hidden name
+(``.OUT.zarr.incomplete``) with its NGFF metadata, submits the blocks that the ledger does not list as done,
+and renames the store to ``OUT.zarr`` when every block is done: as with every ScopeRT output, the final name
+holds a complete image or nothing. A killed client leaves the hidden store and its ledger; ``--resume`` goes on.
+
+Blend stitching is refused (documented in the README): a block's blend weights depend on its own tile grid, so
+the result would depend on the block layout and differ from a single-machine run; making it exact needs the
+global tile grid split across blocks with an accumulate pass in 3^d conflict-free write groups (bigstream's
+schedule), which is not built. Tile-variant models (blend by default) run distributed as a folder of files.
+Imports numpy, scopert and (inside functions) distributed; never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from scopert.checksum import sha256_file
+from scopert.dist.blocks import BlockGrid, plan_blocks
+from scopert.dist.dispatch import DispatchStats, dispatch, gpu_resources
+from scopert.dist.ledger import Ledger, input_fingerprint, options_digest
+from scopert.dist.tasks import ModelRef, VolumeJob, WorkerCache, run_block
+from scopert.errors import ConfigError, OutputError
+from scopert.runtime.layout import centre_frame_model, split_loop_axes
+from scopert.runtime.normalize import fit_normalization
+
+log = logging.getLogger(__name__)
+
+INCOMPLETE = ".incomplete"
+
+
+def incomplete_path(output: Path) -> Path:
+    """Where a distributed run builds ``output`` until every block is done (hidden, same folder)."""
+    return output.parent / f".{output.name}{INCOMPLETE}"
+
+
+@dataclass
+class VolumePlan:
+    """What the client decided before connecting to the cluster."""
+
+    job: VolumeJob
+    grid: BlockGrid
+    output: Path
+    manifest: dict[str, Any]
+    done: set[str]
+    fresh: bool  # no store yet: create it
+    complete: bool  # OUT.zarr exists and is complete: nothing to do
+    out_spec: Any  # scopert.runtime.io.outputs.OutputSpec
+    chunks: tuple[int, ...]
+
+
+@dataclass
+class VolumeResult:
+    output: Path
+    n_blocks: int
+    skipped: int
+    ran: int
+    seconds: float
+    stats: DispatchStats = field(default_factory=DispatchStats)
+
+
+def check_distributable(apply_job: Any) -> None:
+    """Refuse what cannot be split into blocks exactly (the reasons are in the module doc)."""
+    model, opts, card = apply_job.model, apply_job.opts, apply_job.model.card
+    if apply_job.out.kind != "zarr":
+        raise ConfigError(f"--cluster writes one volume as OME-Zarr, so -o must end in .zarr (got "
+                          f"{apply_job.output_path.name}); e.g. -o {apply_job.output_path.with_suffix('.zarr').name}.")
+    if centre_frame_model(card):
+        raise ConfigError("this model restores the centre frame of a window of frames, which is not split into "
+                          "blocks; run it without --cluster, or give a folder of movies (one task per file).")
+    if apply_job.in_memory:
+        raise ConfigError("-g, --rescale and --normalize_output_range_between_zero_and_one need the whole output "
+                          "at once; drop them with --cluster, or run without --cluster.")
+    stitch = opts.stitch if opts.stitch != "auto" else ("crop" if card.tile_invariant else "blend")
+    if stitch == "blend" or not card.tile_invariant:
+        why = ("blend stitching" if stitch == "blend" else "a tile-variant model (its card says tile_invariant: "
+               "false)")
+        raise ConfigError(f"--cluster splits a volume into blocks with crop stitching only; with {why} the result "
+                          "would depend on the block layout. Use --stitch crop with a tile-invariant model, run "
+                          "without --cluster, or give a folder of files (one task per file).")
+
+
+def preflight_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool) -> BlockGrid:
+    """The checks that read no pixel and hash nothing (run before connecting to a cluster): refusals, blocks,
+    and an existing output without ``--resume``."""
+    check_distributable(apply_job)
+    grid = _grid(apply_job, block)
+    output = Path(apply_job.output_path).absolute()
+    if not resume and output.exists():
+        raise OutputError(f"{output} exists; pass --resume to finish or check it, or remove it (or choose "
+                          "another -o) to start again")
+    if not resume and incomplete_path(output).exists():
+        raise OutputError(f"an interrupted --cluster run left {incomplete_path(output)}; pass --resume to go on "
+                          "from its finished blocks, or remove it to start again")
+    return grid
+
+
+def _grid(apply_job: Any, block: tuple[int, ...] | None) -> BlockGrid:
+    model, card = apply_job.model, apply_job.model.card
+    loop, _ = split_loop_axes(apply_job.data_axes, card)
+    tiled = model.in_layout.with_loop(loop).all_tiled
+    shape = dict(zip(apply_job.data_axes, apply_job.image.shape))
+    halo = {a: int(card.halo.get(a, 0)) for a in model.in_layout.tiled}
+    scale = {a: float(card.output.scale.get(a, 1.0)) for a in model.in_layout.tiled}
+    min_read = {"t": int(card.input.time_window)} if "t" in model.in_layout.tiled and card.input.time_window else {}
+    return plan_blocks(tiled, tuple(shape[a] for a in tiled), block, halo, scale, min_read)
+
+
+def plan_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool, backend: str = "auto",
+                device: str = "auto") -> VolumePlan:
+    """Check, plan blocks, fit the normalization, and read the ledger of an earlier run (``--resume``)."""
+    grid = preflight_volume(apply_job, block, resume)
+    model, opts, card = apply_job.model, apply_job.opts, apply_job.model.card
+    tiled = grid.axes
+    out = apply_job.out
+    tiled_chunks = dict(zip(tiled, grid.output_chunks()))
+    chunks = tuple(tiled_chunks.get(a, 1) for a in out.axes)
+
+    output = Path(apply_job.output_path).absolute()
+    partial = incomplete_path(output)
+    norm = fit_normalization(apply_job.image.array, card.normalization, opts.p_min, opts.p_max)
+    options = {k: v for k, v in asdict(opts).items() if k not in ("batch", "in_memory_bytes")}
+    options.update(block=list(grid.block), data_axes=apply_job.data_axes, out_axes=out.axes,
+                   out_shape=list(out.shape), normalization=asdict(norm))
+    manifest = {"version": 1, "model": str(model.path), "model_sha256": sha256_file(model.path),
+                "input": str(apply_job.input_path), "input_sha256": input_fingerprint(apply_job.input_path),
+                "options": options, "options_sha256": options_digest(options), "n_blocks": grid.n_blocks,
+                "grid": list(grid.grid)}
+    complete = fresh = False
+    done: set[str] = set()
+    if output.exists():
+        ledger = Ledger.of(output)
+        if not ledger.exists():
+            raise OutputError(f"--resume: {output} was not written by a --cluster run (it has no ledger); remove it "
+                              "or choose another -o")
+        ledger.check_same(manifest, output)
+        complete = True
+    elif partial.exists():
+        ledger = Ledger.of(partial)
+        if not ledger.exists():
+            raise OutputError(f"--resume: {partial} has no ledger, so its finished blocks are unknown; remove it and "
+                              "run again without --resume")
+        ledger.check_same(manifest, output)
+        done = ledger.done()
+    else:
+        fresh = True
+        if resume:
+            log.info("--resume: no earlier run of %s; starting from the first block", output.name)
+    job = VolumeJob(
+        model=ModelRef(str(Path(model.path).absolute()), manifest["model_sha256"], backend, device),
+        input_path=str(Path(apply_job.input_path).absolute()), dataset=opts.dataset,
+        data_axes=apply_job.data_axes, tiled_axes=tiled, scales=grid.scale, opts=opts, norm=norm,
+        store=str(partial), level0=str(partial / "0"), out_axes=out.axes, sink_axes=apply_job.sink_axes)
+    return VolumePlan(job, grid, output, manifest, done, fresh, complete, out, chunks)
+
+
+def _create_store(plan: VolumePlan) -> None:
+    from scopert.runtime.io.omezarr import create_ome_zarr
+
+    out = plan.out_spec
+    partial = Path(plan.job.store)
+    try:
+        create_ome_zarr(partial, out.shape, out.dtype, out.axes, chunks=plan.chunks, name=plan.output.stem,
+                        scale=out.scale, attrs=out.attrs or None)
+        Ledger.of(partial).create(plan.manifest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _finish(plan: VolumePlan) -> None:
+    """Rename the store to its final name once the ledger lists every block."""
+    partial = Path(plan.job.store)
+    done = Ledger.of(partial).done()
+    missing = plan.grid.n_blocks - len(done)
+    if missing:
+        raise OutputError(f"{missing} of {plan.grid.n_blocks} blocks have no ledger marker; rerun with --resume")
+    os.replace(partial, plan.output)
+    fd = os.open(plan.output.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_volume(plan: VolumePlan, client: Any, *, progress: Callable[[int], None] | None = None,
+               task: Callable[..., dict[str, Any]] = run_block, window: int | None = None) -> VolumeResult:
+    """Run a planned volume on ``client``'s cluster; ``task`` is the block function (tests wrap it)."""
+    from scopert.dist.cluster import total_threads
+
+    t0 = time.perf_counter()
+    if plan.complete:
+        log.info("%s is complete (%d blocks); nothing to do", plan.output, plan.grid.n_blocks)
+        return VolumeResult(plan.output, plan.grid.n_blocks, plan.grid.n_blocks, 0, 0.0)
+    if plan.fresh:
+        _create_store(plan)
+    client.register_plugin(WorkerCache())  # idempotent: a warm cache survives from run to run
+    todo = (b for b in plan.grid if b.name not in plan.done)
+    skipped = len(plan.done)
+    if skipped:
+        log.info("resuming: %d of %d blocks are done; running the other %d", skipped, plan.grid.n_blocks,
+                 plan.grid.n_blocks - skipped)
+    stats = dispatch(client, task, todo, (plan.job,), window=window or max(16, 4 * total_threads(client)),
+                     what=lambda b: f"block {b.name}", resources=gpu_resources(client),
+                     on_done=(lambda info: progress(1)) if progress else None,
+                     failed_hint=f"; the finished blocks are in the ledger of {plan.job.store}: fix the cause and "
+                                 "rerun with --resume")
+    _finish(plan)
+    return VolumeResult(plan.output, plan.grid.n_blocks, skipped, stats.done, time.perf_counter() - t0, stats)
