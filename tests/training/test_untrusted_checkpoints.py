@@ -191,3 +191,30 @@ def test_run_folder_checkpoint_with_planted_pickle_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"io\.open"):
         load_run_checkpoint(info.best_checkpoint)
     assert not marker.exists()
+
+
+def test_zip_bomb_is_refused_before_unpacking(tmp_path):
+    """A checkpoint re-zipped with a deflated 256 MB member of zeros (about 250 KB on disk) is not inflated."""
+    import zipfile
+
+    path = _tagan_file(tmp_path)
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        prefix = src.namelist()[0].split("/")[0]
+        dst.writestr(f"{prefix}/data/zeros", bytes(256 << 20))
+    assert bomb.stat().st_size < (2 << 20)
+    with pytest.raises(CheckpointError, match=r"declares \d+ bytes.*zip bomb"):
+        import_tagan(bomb, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_torch_before_2_6_is_not_trusted_to_load_safely(tmp_path, monkeypatch):
+    """weights_only loading could run code before torch 2.6 (CVE-2025-32434): such a torch needs the flag."""
+    path = _tagan_file(tmp_path)
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
+    with pytest.raises(CheckpointError, match=r"torch 2\.4\.1\+cpu cannot load .* CVE-2025-32434.*--trust-checkpoint"):
+        import_tagan(path, tmp_path / "run")
+    info = import_tagan(path, tmp_path / "run", trust=True)
+    assert info.best_checkpoint.is_file()

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 TRUST_FLAG = "--trust-checkpoint"
 TRUST_FIX = (f"Pass {TRUST_FLAG} only if you trust the file's source, or re-save the weights alone with "
              "torch.save(model.state_dict(), path).")
+# torch.save stores zip members uncompressed; weights barely compress. More declared bytes than this many times the
+# file size is a zip bomb, refused before torch inflates it into memory.
+MAX_ZIP_EXPANSION = 8
+# torch.load(weights_only=True) before 2.6 could still run code (CVE-2025-32434); safe_globals came in 2.5.
+SAFE_TORCH = (2, 6)
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global|got <class '([^']+)'>|module (\S+) is blocked")
 
 
@@ -76,6 +81,13 @@ def load_checkpoint(path: str | os.PathLike, what: str = "the checkpoint file", 
             f"{path} is not a readable torch checkpoint (neither a zip archive nor a legacy pickle). "
             f"Check the file is complete and is {what}."
         )
+    if zipfile.is_zipfile(path):
+        _check_archive(path)
+    if not trust and _torch_version() < SAFE_TORCH:
+        raise CheckpointError(
+            f"torch {torch.__version__} cannot load {path} safely (weights_only loading before torch 2.6 can run "
+            f"code, CVE-2025-32434). Install torch>=2.6, or pass {TRUST_FLAG} if you trust the file's source."
+        )
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -90,6 +102,27 @@ def load_checkpoint(path: str | os.PathLike, what: str = "the checkpoint file", 
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - a trusted file may still be damaged
         raise _unreadable(path, exc) from None
+
+
+def _torch_version() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _check_archive(path: Path) -> None:
+    """The zip's central directory is readable and does not declare more bytes than ``MAX_ZIP_EXPANSION`` times
+    the file size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, struct and value errors of a damaged directory
+        raise _unreadable(path, exc) from None
+    size = path.stat().st_size
+    if declared > MAX_ZIP_EXPANSION * size + (1 << 20):
+        raise CheckpointError(
+            f"{path} declares {declared} bytes of members in a {size}-byte file (torch.save does not compress); it "
+            "is damaged or a zip bomb, so it is not unpacked. Get the checkpoint again from its source."
+        )
 
 
 def _unsafe_detail(exc: Exception) -> str:
