@@ -93,8 +93,7 @@ def load_checkpoint(path: str | os.PathLike, what: str = "the checkpoint file", 
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust:
-            raise CheckpointError(f"{path} holds Python objects besides tensors ({_unsafe_detail(exc)}), and "
-                                  f"unpickling them could run code. {untrusted_fix}") from None
+            raise _untrusted(path, exc, untrusted_fix) from None
     except Exception as exc:  # noqa: BLE001 - truncated archive, damaged pickle, huge storage sizes, ...
         raise _unreadable(path, exc) from None
     log.warning("%s: loading with the full unpickler (%s); it runs any code the file holds", path, TRUST_FLAG)
@@ -125,15 +124,19 @@ def _check_archive(path: Path) -> None:
         )
 
 
-def _unsafe_detail(exc: Exception) -> str:
-    """The type the safe loader refused (``builtins.open``), else the unpickler's own short reason."""
+def _untrusted(path: Path, exc: Exception, fix: str) -> CheckpointError:
+    """Names the type the safe loader refused (``io.open``); without one, the unpickler's own short reason."""
     text = str(exc)
     match = _UNSAFE_GLOBAL.search(text)
     if match:
-        return next(g for g in match.groups() if g)
+        name = next(g for g in match.groups() if g)
+        return CheckpointError(f"{path} holds Python objects besides tensors ({name}), and unpickling them could "
+                               f"run code. {fix}")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     detail = next((ln.split("error:", 1)[-1].strip() for ln in lines if "WeightsUnpickler error" in ln), "")
-    return (detail or (lines[-1] if lines else type(exc).__name__))[:200]
+    detail = (detail or (lines[-1] if lines else type(exc).__name__))[:200]
+    return CheckpointError(f"{path} cannot be read without running pickled code ({detail}): it is damaged, or "
+                           f"holds objects only the full unpickler rebuilds. {fix}")
 
 
 def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
