@@ -38,7 +38,8 @@ def read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
         if is_yaml:
             import yaml
 
-            data = yaml.safe_load(text)
+            # libyaml's parser when present: the same safe loader, ten times faster on a large or deep file
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         else:
             data = json.loads(text)
     except RecursionError:
