@@ -367,9 +367,8 @@ def tile_input(internal, norm: AppliedNormalization, plan: TilePlan, tile) -> np
         src.append(slice(lo, hi))
         pads.append((lo - at.start, at.start + at.size - hi))
     block = norm(np.asarray(internal[tuple(src)]))
-    if any(p != (0, 0) for p in pads):
-        padded = [n for n, p in zip(block.shape, pads) if p != (0, 0)]  # one-plane loop axes are never padded
-        block = np.pad(block, pads, mode="reflect" if min(padded) > 1 else "edge")
+    if any(p != (0, 0) for p in pads):  # numpy repeats a one-voxel axis under reflect, as whole-image inference
+        block = np.pad(block, pads, mode="reflect")
     return block
 
 

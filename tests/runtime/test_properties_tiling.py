@@ -461,8 +461,6 @@ def test_model_predict_equals_whole_image(kind, onnx_models, real_stack):
     check()
 
 
-@pytest.mark.xfail(strict=True, reason="model.tile_input pads every axis with 'edge' when any axis of the block "
-                   "has one voxel (a single-plane 3D stack), where whole-image inference reflects y and x")
 def test_single_plane_volume_tiles_like_whole_image(onnx_models, real_stack):
     """A 3D model on a one-plane stack: border voxels must match whole-image inference too. np.pad's
     'reflect' already repeats a one-voxel axis, so no 'edge' fallback is needed."""
