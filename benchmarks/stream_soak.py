@@ -105,6 +105,9 @@ def sample_rss(child: subprocess.Popen, per_second: int = 20) -> list[tuple[floa
     return samples
 
 
+MODEL_DESC = "a 2-layer 2D conv model (4 channels, halo 2, percentile normalization, 256-pixel tiles)"
+
+
 def make_model(folder: Path) -> Path:
     path = folder / "soak_conv2d.onnx"
     conv_stack(path, ndim=2, layers=2, channels=4, normalization=Normalization(kind="percentile", pmin=1, pmax=99.8))
@@ -117,6 +120,7 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
     """Run the child for ``minutes`` at ``fps`` and evaluate the three checks."""
     frames = max(1, round(minutes * 60.0 * fps))
     warmup_s = warmup_s if warmup_s is not None else min(120.0, max(15.0, 0.2 * minutes * 60.0))
+    load_start, model_given = round(os.getloadavg()[0], 1), model
     with tempfile.TemporaryDirectory(prefix="scopert-soak-", dir=work) as tmp:
         tmp = Path(tmp)
         model = model or make_model(tmp)
@@ -146,7 +150,9 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
     config = {"minutes": minutes, "fps": fps, "frames": frames, "movie": str(movie), "model": str(model),
               "backend": backend, "max_queue": max_queue, "on_full": "drop",
               "output": "TIFF in a temporary folder" if with_output else "discarded (--no-output)",
-              "command": " ".join(cmd[1:]), "cpus": os.cpu_count()}
+              "command": " ".join(cmd[1:]), "cpus": os.cpu_count(), "load_avg": load_start,
+              "load_avg_end": round(os.getloadavg()[0], 1),
+              "model_desc": MODEL_DESC if model_given is None else f"the model {model_given}"}
     return SoakResult(config, samples, warmup_s, slope, after[0], samples[-1][1], max(row[2] for row in samples),
                       report, ratio, checks, all(checks.values()))
 
@@ -156,8 +162,9 @@ def render_md(res: SoakResult) -> str:
     lines = [
         "# Streaming soak", "",
         f"`scopert stream --replay` in a child process: {c['frames']} frames of the trackpy bulk-water movie "
-        f"(40 real 424x640 frames, looped) at {c['fps']:g} fps ({c['minutes']:g} min), a 3-layer 2D conv model "
-        f"on {c['backend']}, output {c['output']}, on a {c['cpus']}-core machine shared with other work.", "",
+        f"(40 real 424x640 frames, looped) at {c['fps']:g} fps ({c['minutes']:g} min), {c.get('model_desc', 'a model')} "
+        f"on {c['backend']}, output {c['output']}, on a {c['cpus']}-core machine shared with other work "
+        f"(load average {c.get('load_avg', '?')} at the start, {c.get('load_avg_end', '?')} at the end).", "",
         "| check | measured | limit | pass |", "|---|---|---|---|",
         f"| RSS slope after {res.warmup_s:.0f} s warm-up | {res.rss_slope_mb_per_min:+.3f} MB/min | "
         f"< {RSS_SLOPE_LIMIT_MB_MIN:g} MB/min | {_ok(res.checks, 'rss')} |",

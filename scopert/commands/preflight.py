@@ -74,11 +74,11 @@ def parse_sizes(value: str | None, option: str, axes: str | None = None) -> tupl
 
 # ---- paths -------------------------------------------------------------------------------------------------
 def check_input_file(path: str | os.PathLike, option: str, suffixes: Iterable[str] | None = None) -> Path:
-    """An existing file (not a folder) with one of ``suffixes`` (case-insensitive) when given."""
+    """An existing file (not a folder, but a .zarr store) with one of ``suffixes`` (case-insensitive) when given."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{option} {path} does not exist; check the path.")
-    if path.is_dir():
+    if path.is_dir() and not path.name.lower().endswith(".zarr"):
         raise InputError(f"{option} {path} is a folder; give a file.")
     if suffixes is not None:
         _check_suffix(path, option, tuple(suffixes), InputError)
