@@ -27,9 +27,11 @@ def files(tmp_path_factory, data_dir):
     conv_stack(d / "m2d.onnx", ndim=2, layers=2, channels=4)  # halo 2
     conv_stack(d / "m2d_div4.onnx", ndim=2, layers=2, channels=4, divisor=4)
     conv_stack(d / "m3d.onnx", ndim=3, layers=2, channels=4)
+    conv_stack(d / "m2d_2ch.onnx", ndim=2, layers=2, channels=4, cin=2)
     movie = tifffile.imread(data_dir / "trackpy_bulk_water" / "bulk_water_first40.tif")[:6, :64, :64]
     tifffile.imwrite(d / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
     tifffile.imwrite(d / "volume.tif", movie, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(d / "frame.tif", movie[0])
     (d / "run" / "checkpoints").mkdir(parents=True)
     (d / "run" / "run.json").write_text(json.dumps({"family": "rcan", "model": {"ndim": 2}}))
     (d / "run" / "checkpoints" / "best.pt").write_bytes(b"\0" * 1024)
@@ -62,6 +64,9 @@ CASES = {
     "stream --json unknown suffix": (lambda f, o: stream_args(f, o) + ["--no-output", "--json", o / "r.txt"], "--json"),
     "stream 3D model": (lambda f, o: ["stream", "--replay", f / "movie.tif", "--fps", "5", "-m", f / "m3d.onnx",
                                       "--no-output"], "-m"),
+    "stream two-channel model": (lambda f, o: ["stream", "--replay", f / "movie.tif", "--fps", "5", "-m",
+                                               f / "m2d_2ch.onnx", "--no-output"], "-m"),
+    "bench --data with too few axes": (lambda f, o: ["bench", f / "m3d.onnx", "--data", f / "frame.tif"], "--data"),
     "stream volume as movie": (lambda f, o: ["stream", "--replay", f / "volume.tif", "--fps", "5", "-m",
                                              f / "m2d.onnx", "--no-output"], "--replay"),
     "stream model not onnx": (lambda f, o: ["stream", "--replay", f / "movie.tif", "--fps", "5", "-m",

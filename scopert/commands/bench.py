@@ -54,7 +54,10 @@ def check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db
     if tile_sizes is not None:
         pf.check_tile(card, tile_sizes, tiled, "-B")
     if data_path:
-        pf.image_header(pf.check_input_file(data_path, "--data"), "--data")
+        header = pf.image_header(pf.check_input_file(data_path, "--data"), "--data")
+        if len(header.shape) < len(tiled):
+            raise ConfigError(f"--data {data_path} has {len(header.shape)} axes {header.shape}; the model tiles "
+                              f"{len(tiled)} ({tiled!r}): give an image with those axes.")
     if json_path:
         pf.check_output_file(json_path, "--json", pf.JSON_OUT, inputs=(model_path, data_path))
     return shape_sizes, tile_sizes

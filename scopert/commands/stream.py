@@ -57,6 +57,9 @@ def plan_stream(replay_path, fps, model_path, output_path, no_output, max_queue,
     if "z" in card.input.axes:
         raise ConfigError(f"-m {model_path} is a 3D model ({card.input.axes}); a replay streams 2D frames: use a 2D "
                           "(bcyx) or 2D+t (btcyx) model.")
+    if "c" in card.input.axes and card.input.channels != 1:
+        raise ConfigError(f"-m {model_path} takes {card.input.channels} channels per frame; a replay streams "
+                          "single-channel frames: use a one-channel model.")
     movie_frames, height, width = header.shape
     total = n_frames or movie_frames
     if total > movie_frames and not loop:
