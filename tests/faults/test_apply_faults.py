@@ -105,3 +105,26 @@ def test_input_truncated_mid_read(fault_models, reference, tmp_path, ledger):
     shutil.copy(reference[0]["3d"], src)
     _rerun_equals(fault_models, src, out, "3d", reference, tmp_path)
     ledger.record("apply 3d", "input cut to half at tile 10 (rerun)", outcome + "; rerun equal")
+
+
+@pytest.mark.xfail(strict=True, reason="io/hdf5.py Hdf5StreamWriter.__exit__: when File.close() fails on a full disk "
+                   "it raises a fresh OutputError('closing ... failed') without the OSError as cause (exit 2, not "
+                   "named a full disk), and the half-closed h5py objects crash the interpreter at exit (SIGSEGV, "
+                   "exit 139, h5py dealloc errors on stderr)")
+def test_disk_full_writing_hdf5(fault_models, reference, tmp_path, ledger):
+    src, out = reference[0]["3d"], tmp_path / "out.h5"
+    run = run_scopert(["apply", "-m", fault_models / "m3d.onnx", "-i", src, "-o", out, "-B", "8,64,64",
+                       "--backend", "ort"], tmp_path, fsize=200 * 1024)
+    ledger.record("apply 3d", "disk full writing HDF5 (200 KiB)", f"exit {run.returncode}: {run.last_line[:70]}",
+                  survived=run.returncode in (1, 2) and "Traceback" not in run.stderr)
+    expect_clean_failure(run, (1,), "disk full", "out.h5", absent=(out,), folder=tmp_path)
+
+
+def test_disk_full_writing_zarr(fault_models, reference, tmp_path, ledger):
+    """A Zarr store is a folder of chunk files: a chunk past the limit fails, and the whole store goes."""
+    src, out = reference[0]["3d"], tmp_path / "out.zarr"
+    args = ["apply", "-m", fault_models / "m3d.onnx", "-i", src, "-o", out, "-B", "8,64,64", "--backend", "ort"]
+    run = run_scopert(args, tmp_path, fsize=50 * 1024)
+    outcome = expect_clean_failure(run, (1,), "disk full", "out.zarr", absent=(out,), folder=tmp_path)
+    assert run_scopert(args, tmp_path).returncode == 0 and out.is_dir()
+    ledger.record("apply 3d", "disk full writing Zarr (50 KiB)", outcome + "; rerun exit 0")
