@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from scopert.errors import ConfigError, OutputError, RunError
-from scopert.runtime.io.atomic import atomic_path
+from scopert.runtime.io.atomic import _remove, atomic_path, partial_path
 from scopert.runtime.io.image import image_kind
 from scopert.runtime.io.omezarr import NGFF_ORDER, OmeZarrWriter
 from scopert.runtime.io.tiff import TiffStreamWriter, write_tiff
@@ -170,11 +170,40 @@ class _TiffWriter:
         return False
 
 
+class _NoPartialLeft:
+    """Removes a writer's temporary when an interrupt lands inside the writer's own enter or exit.
+
+    Ctrl-C and SIGTERM arrive between any two bytecodes; one that lands while a writer joins its thread or
+    renames would escape the writer's own cleanup and leave ``.NAME.partial-<pid>`` behind."""
+
+    def __init__(self, inner: Any, path: Path) -> None:
+        self.inner, self.path = inner, path
+
+    def __enter__(self) -> Any:
+        try:
+            return self.inner.__enter__()
+        except BaseException:
+            _remove(partial_path(self.path))
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        try:
+            return self.inner.__exit__(exc_type, exc, tb)
+        except BaseException:
+            _remove(partial_path(self.path))
+            raise
+        finally:
+            if exc is not None:
+                _remove(partial_path(self.path))
+
+
 def open_writer(spec: OutputSpec, stream: bool = True):
     """A writer for ``spec`` (use it as a context manager); ``stream`` applies to TIFF (see the module doc)."""
     if spec.kind == "tiff":
-        return _TiffWriter(spec, stream)
-    if spec.kind == "hdf5":
-        return _Hdf5Writer(spec)
-    return OmeZarrWriter(spec.path, spec.shape, spec.dtype, spec.axes, name=spec.path.stem, scale=spec.scale,
-                         attrs=spec.attrs or None)
+        inner: Any = _TiffWriter(spec, stream)
+    elif spec.kind == "hdf5":
+        inner = _Hdf5Writer(spec)
+    else:
+        inner = OmeZarrWriter(spec.path, spec.shape, spec.dtype, spec.axes, name=spec.path.stem, scale=spec.scale,
+                              attrs=spec.attrs or None)
+    return _NoPartialLeft(inner, spec.path)
