@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from scopert.commands.util import parse_ints as _tuple
-from scopert.commands.util import progress_bar
 from scopert.errors import ConfigError, ScopertError
 
 
@@ -66,6 +65,7 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
     a z-stack or time-lapse (the file's axes say which); the output keeps the input's axes."""
     from scopert.commands.apply_paths import check_paths, is_folder_run, plan_folder
+    from scopert.progress import progress_bar
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply, run_apply
 
@@ -105,7 +105,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     if dist_block or resume:
         raise ConfigError("--block and --resume apply to --cluster runs; add --cluster (e.g. local:2) or drop them.")
     for src, dst, gt_file in jobs:
-        with plan_apply(model, src, dst, gt_file, opts) as job, progress_bar(src.name, job.n_tiles) as bar:
+        with plan_apply(model, src, dst, gt_file, opts) as job, \
+                progress_bar(job.n_tiles, src.name, unit="tile") as bar:
             result = run_apply(job, progress=bar.update)
         click.echo(f"{src} -> {dst}  {result.shape}  {result.seconds:.2f} s  "
                    f"{result.voxels_per_s / 1e6:.2f} Mvox/s", err=True)

@@ -14,14 +14,3 @@ def parse_ints(value: str | None, what: str) -> tuple[int, ...] | None:
     except ValueError:
         raise ConfigError(f"{what} {value!r} is not a comma-separated list of integers, e.g. 16,256,256.") from None
 
-
-def progress_bar(desc: str, total: int | None, unit: str = "tile"):
-    """A tqdm bar on a terminal; on a pipe or a log file nothing but the command's own summary line.
-
-    tqdm's ``disable=None`` writes carriage-return frames whenever stderr is not a TTY-less stream it
-    recognizes, which floods CI and batch logs, so the decision is made here from ``isatty``."""
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())

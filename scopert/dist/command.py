@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from scopert.commands.util import progress_bar
+from scopert.progress import progress_bar
 
 
 def _dashboard(client: Any) -> None:
@@ -39,7 +39,7 @@ def apply_on_cluster(model: Any, jobs: list[tuple[Path, Path, Path | None]], opt
             return
         with open_client(spec) as client:
             _dashboard(client)
-            with progress_bar("files", len(jobs), unit="file") as bar:
+            with progress_bar(len(jobs), "files", unit="file") as bar:
                 stats, seconds = run_files(client, model, jobs, opts, backend=backend, device=device,
                                            progress=bar.update)
         click.echo(f"{stats.done} files on {len(stats.workers)} workers in {seconds:.2f} s", err=True)
@@ -54,7 +54,7 @@ def apply_on_cluster(model: Any, jobs: list[tuple[Path, Path, Path | None]], opt
             _dashboard(client)
             plan = plan_volume(job, block, resume, backend, device)
             job.close()  # the workers read the input themselves
-            with progress_bar(dst.name, plan.grid.n_blocks, unit="block") as bar:
+            with progress_bar(plan.grid.n_blocks, dst.name, unit="block") as bar:
                 bar.update(len(plan.done) if not plan.complete else plan.grid.n_blocks)
                 result = run_volume(plan, client, progress=bar.update)
     if result.ran == 0 and result.skipped == result.n_blocks:
