@@ -150,6 +150,23 @@ def test_damaged_hdf5_is_input_error(corpus, tmp_path, index, library_error, sta
     assert str(case) in str(err.value)
 
 
+def test_hdf5_axes_attribute_claiming_4_gib_is_refused_without_reading_it(corpus, tmp_path):
+    """Fuzz case hdf5 1106: HDF5 allocated and touched 4 GiB for ~9 s before noticing the length was wrong."""
+    case = make_case("hdf5", 1106, corpus["hdf5"], tmp_path)
+    with h5py.File(case, "r") as f:
+        from scopert.runtime.io.hdf5 import _claimed_vlen_length
+
+        assert _claimed_vlen_length(f["raw"], case) == 0xFF000003
+    with pytest.raises(InputError, match=r"axes attribute that claims 4278190083 bytes in a file of \d+"):
+        read_image(case)
+    with h5py.File(tmp_path / "intact.h5", "w", libver="latest") as f:  # v3 attribute messages are found too
+        f["raw"] = np.zeros((2, 3, 4), np.uint8)
+        f["raw"].attrs["axes"] = "zyx"
+    with h5py.File(tmp_path / "intact.h5", "r") as f:
+        assert _claimed_vlen_length(f["raw"], tmp_path / "intact.h5") == 3
+    assert read_image(tmp_path / "intact.h5").axes == "zyx"
+
+
 def test_blosc_chunk_with_a_lying_header_is_refused_before_it_crashes(corpus, tmp_path):
     """Fuzz case zarr 2693 (seed v2 + Blosc): numcodecs trusted the chunk header and segfaulted the process."""
     seed = next(p for p in corpus["zarr"] if p.name == "ovule_v2_blosc.zarr")
@@ -294,7 +311,8 @@ def test_cnnt_config_of_wrong_type_is_config_error(corpus, tmp_path, key, value,
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("height", [], r"height is an empty list"),  # was IndexError
+    ("height", [], r"height must list patch sizes \(integers\), e\.g\. \[128\], got \[\]"),  # was IndexError
+    ("width", [float("inf")], r"width must list patch sizes"),  # was OverflowError
     ("n_head", 0, r"blocks must be a positive multiple of n_head=0"),  # was ZeroDivisionError
     ("n_head", 2.0, r"n_head must be an integer, got 2\.0"),  # was 'float modulo' ZeroDivisionError for 0.0
 ])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,47 @@ def _open_read(path: Path) -> h5py.File:
         raise InputError(f"{path} cannot be opened as HDF5 ({e}); the file may be truncated or corrupt") from e
 
 
+_AXES_NAME = b"axes\x00"
+
+
+def _claimed_vlen_length(ds: h5py.Dataset, path: Path) -> int | None:
+    """The length a scalar variable-length ``axes`` attribute claims in the object header, if it can be found.
+
+    HDF5 allocates (and touches) that many bytes before it checks them against the global heap, so one
+    flipped byte costs 4 GiB and ~9 s (found by fuzzing). The attribute message is located by its name
+    in the dataset's object header: v1 (names padded to 8), v2 and v3 (unpadded; v3 adds an encoding byte).
+    """
+    if not h5py.h5a.exists(ds.id, b"axes"):
+        return None
+    attr = h5py.h5a.open(ds.id, b"axes")
+    if not attr.get_type().is_variable_str() or attr.get_space().get_simple_extent_type() != h5py.h5s.SCALAR:
+        return None
+    with open(path, "rb") as f:
+        f.seek(h5py.h5o.get_info(ds.id).addr)
+        header = f.read(4096)
+    at = header.find(_AXES_NAME)
+    while at >= 9:
+        for start, version, pad in ((at - 8, 1, True), (at - 8, 2, False), (at - 9, 3, False)):
+            if header[start] != version:
+                continue
+            name_size, dt_size, ds_size = struct.unpack_from("<HHH", header, start + 2)
+            if name_size != len(_AXES_NAME):
+                continue
+            sizes = [name_size, dt_size, ds_size]
+            data = at + sum(-(-n // 8) * 8 if pad else n for n in sizes)
+            if data + 4 <= len(header):
+                return struct.unpack_from("<I", header, data)[0]
+        at = header.find(_AXES_NAME, at + 1)
+    return None
+
+
 def _axes_attr(ds: h5py.Dataset, path: Path) -> str | None:
+    claimed = _claimed_vlen_length(ds, path)
+    if claimed is not None and claimed > path.stat().st_size:
+        raise InputError(
+            f"{path}:{ds.name} has an axes attribute that claims {claimed} bytes in a file of {path.stat().st_size}; "
+            "the file is corrupt: copy it again or re-export it (or delete the attribute)"
+        )
     raw = ds.attrs.get("axes")
     if raw is None:
         return None
@@ -111,7 +152,7 @@ def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = T
         try:
             obj = _find_dataset(f, dataset, path)
             axes = _axes_attr(obj, path)
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+        except (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error) as e:
             # h5py raises these for damaged object headers, heaps and attributes
             raise InputError(
                 f"{path}:{dataset} cannot be opened ({type(e).__name__}: {str(e)[:200]}); the file is truncated "

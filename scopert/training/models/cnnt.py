@@ -71,9 +71,11 @@ class CnntConfig:
         values = dict(cfg)
         for key in ("height", "width"):  # the seed stores lists of patch sizes; the model uses the first
             if isinstance(values.get(key), (list, tuple)):
-                if not values[key]:
-                    raise ConfigError(f"cnnt model config: {key} is an empty list; give the patch size, e.g. [128].")
-                values[key] = int(values[key][0])
+                first = values[key][0] if values[key] else None
+                if isinstance(first, bool) or not isinstance(first, int):
+                    raise ConfigError(f"cnnt model config: {key} must list patch sizes (integers), e.g. [128], "
+                                      f"got {values[key]!r}.")
+                values[key] = first
         if "with_mixer" in values:
             values["with_mixer"] = bool(values["with_mixer"])
         conf = cls(**values)
