@@ -15,29 +15,8 @@ from scopert.errors import ConfigError
 from scopert.export.gpu_check import find_fp32_reference, run_gpu_check
 from scopert.runtime.backends.cuda_adapter import CudaRuntime
 from tests.fakes.fake_cudart import FakeCudaRuntimeModule
-from tests.fakes.fake_tensorrt import make_fake_tensorrt
+from tests.fakes.fake_tensorrt import make_fake_tensorrt, onnxruntime_executor
 from tests.runtime.graphs import conv_stack
-
-
-def ort_executor(rt: FakeCudaRuntimeModule):
-    """A fake-TensorRT executor that runs the engine's ONNX on ORT CPU, enqueued on the fake CUDA stream."""
-    import onnxruntime as ort
-
-    sessions: dict[str, ort.InferenceSession] = {}
-
-    def execute(stream, src, dst, in_shape, out_shape, in_np, out_np, model) -> None:
-        if model["path"] not in sessions:
-            sessions[model["path"]] = ort.InferenceSession(model["path"], providers=["CPUExecutionProvider"])
-        session = sessions[model["path"]]
-
-        def kernel() -> None:
-            x = rt.device_view(src, int(np.prod(in_shape)) * in_np.itemsize).view(in_np).reshape(in_shape)
-            y = session.run(None, {model["input"]: x.astype(np.float32)})[0].astype(out_np)
-            rt.device_view(dst, y.nbytes)[:] = np.ascontiguousarray(y).view(np.uint8).ravel()
-
-        rt.enqueue(stream, kernel, 0.01)
-
-    return execute
 
 
 @pytest.fixture()
@@ -56,7 +35,7 @@ def fp16_model(tmp_path, data_dir):
 
 def _check(model_path, calib, tmp_path, **kw):
     rt = FakeCudaRuntimeModule()
-    trt = make_fake_tensorrt("11.4.0.106", rt, executor=ort_executor(rt))
+    trt = make_fake_tensorrt("11.4.0.106", rt, executor=onnxruntime_executor(rt))
     return run_gpu_check(model_path, [calib], tile=(64, 64), batch=2, repeats=3, out_dir=tmp_path / "engines",
                          trt=trt, cuda=CudaRuntime(rt), **kw)
 

@@ -480,3 +480,25 @@ def make_fake_tensorrt(version: str, cudart: Any = None, *, unsupported_ops: tup
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     return trt
+
+
+def onnxruntime_executor(cudart: Any) -> Callable[..., None]:
+    """An ``executor`` that runs the engine's own ONNX on ONNX Runtime (CPU) inside the fake CUDA stream, so a
+    fake FP16 engine differs from the FP32 graph as the FP16 graph does (weight rounding)."""
+    import onnxruntime as ort
+
+    sessions: dict[str, Any] = {}
+
+    def execute(stream, src, dst, in_shape, out_shape, in_np, out_np, model) -> None:
+        if model["path"] not in sessions:
+            sessions[model["path"]] = ort.InferenceSession(model["path"], providers=["CPUExecutionProvider"])
+        session = sessions[model["path"]]
+
+        def kernel() -> None:
+            x = cudart.device_view(src, int(np.prod(in_shape)) * in_np.itemsize).view(in_np).reshape(in_shape)
+            y = session.run(None, {model["input"]: x.astype(np.float32)})[0].astype(out_np)
+            cudart.device_view(dst, y.nbytes)[:] = np.ascontiguousarray(y).view(np.uint8).ravel()
+
+        cudart.enqueue(stream, kernel, 0.01)
+
+    return execute
