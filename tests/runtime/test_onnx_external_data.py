@@ -117,6 +117,17 @@ def test_data_outside_the_folder_is_refused(tmp_path, how):
         onnx.load(str(evil))
 
 
+@pytest.mark.parametrize("backend", ["ort", "auto"])
+def test_runtime_load_refuses_escaping_data_with_an_input_error(tmp_path, backend):
+    """Today through the backends' own refusal; once load() calls check_external_data, with its message."""
+    from scopert.runtime import load
+
+    path, _ = _external_model(tmp_path)
+    evil, _ = _escaping(tmp_path, path, "dotdot")
+    with pytest.raises(InputError, match=r"\.\./secret\.data"):
+        load(evil, backend=backend)
+
+
 @pytest.mark.parametrize("location, damage, message", [
     ("missing.data", None, "does not exist"),
     ("model.data", "truncate", "cut short"),
