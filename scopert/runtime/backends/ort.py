@@ -174,7 +174,7 @@ class OrtBackend:
     def tile_range(self) -> dict[str, tuple[int, int, int]]:
         """(min, opt, max) per tiled axis of the TensorRT provider's profile; empty when it does not run."""
         p = self.trt_profile
-        if p is None:
+        if p is None or METADATA_KEY not in self.metadata:
             return {}
         axes = ModelCard.from_json(self.metadata[METADATA_KEY]).input.axes
         return {ax: (lo, op, hi) for ax, lo, op, hi in zip(axes, p.min, p.opt, p.max) if ax in "tzyx"}
