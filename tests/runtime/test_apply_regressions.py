@@ -8,6 +8,7 @@ must fail in well under 2 s on a volume that takes at least 30 s to restore.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,17 @@ from tests.runtime.graphs import conv_stack
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "scopert", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
+
+
+def timed_cli(*args) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(result, wall seconds, CPU seconds of the child). On a busy shared CI machine the wall time of a short
+    command is mostly waiting for a core; the CPU time is what the command itself spent."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    res = run_cli(*args)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return res, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +81,11 @@ def test_hdf5_to_zarr(models, tmp_path, data_dir):
 def test_output_without_suffix_fails_before_compute(models, tmp_path, data_dir):
     """3. `-o out` ran the whole volume, then failed on the suffix."""
     out = tmp_path / "out"
-    t0 = time.perf_counter()
-    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", data_dir / "isbi2012_em" / "isbi2012_train_volume.tif",
-                  "-o", out)
-    seconds = time.perf_counter() - t0
+    res, wall, cpu = timed_cli("apply", "-m", models / "m3d.onnx", "-i",
+                               data_dir / "isbi2012_em" / "isbi2012_train_volume.tif", "-o", out)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "suffix" in res.stderr and ".tif" in res.stderr
-    assert not out.exists() and seconds < 2.0, seconds
+    assert not out.exists() and cpu < 2.0 and wall < 10.0, (cpu, wall)
 
 
 def test_2d_model_on_a_time_lapse(models, tmp_path, data_dir):
@@ -112,9 +122,7 @@ def test_bad_output_path_fails_fast_on_a_long_volume(tmp_path, data_dir):
     estimate = per_tile * model.n_tiles(volume.shape, tile=tile)
     assert estimate >= 30.0, f"the volume takes only {estimate:.1f} s; the test needs a longer one"
     for bad in (tmp_path / "missing" / "deeper" / "out.txt", tmp_path / "out", src):
-        t0 = time.perf_counter()
-        res = run_cli("apply", "-m", model_path, "-i", src, "-o", bad, "-B", "16,128,128")
-        seconds = time.perf_counter() - t0
+        res, wall, cpu = timed_cli("apply", "-m", model_path, "-i", src, "-o", bad, "-B", "16,128,128")
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-        assert seconds < 2.0, (bad, seconds, estimate)
+        assert cpu < 2.0 and wall < 10.0, (bad, cpu, wall, estimate)
     assert tifffile.imread(src).shape == volume.shape  # the input is untouched
