@@ -9,6 +9,7 @@ deep nesting) and serialize it again.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -117,6 +118,11 @@ def _wrong_type(value: Any, rng: random.Random) -> Any:
     return "null"
 
 
+def _interesting(rng: random.Random) -> Any:
+    """A fresh copy of one of INTERESTING_VALUES (a shared list edited in place would leak into later cases)."""
+    return copy.deepcopy(rng.choice(INTERESTING_VALUES))
+
+
 def _one_structural_mutation(doc: Any, rng: random.Random) -> Any:
     paths = _paths(doc)
     path = rng.choice(paths)
@@ -124,7 +130,7 @@ def _one_structural_mutation(doc: Any, rng: random.Random) -> Any:
                      "rename", "list"))
     if not path:  # the root
         if op in ("value", "wrong_type"):
-            return rng.choice(INTERESTING_VALUES) if op == "value" else _wrong_type(doc, rng)
+            return _interesting(rng) if op == "value" else _wrong_type(doc, rng)
         path = rng.choice(paths)
         if not path:
             return doc
@@ -132,13 +138,13 @@ def _one_structural_mutation(doc: Any, rng: random.Random) -> Any:
     if op == "drop":
         del parent[key]
     elif op == "value":
-        parent[key] = rng.choice(INTERESTING_VALUES)
+        parent[key] = _interesting(rng)
     elif op == "wrong_type":
         parent[key] = _wrong_type(parent[key], rng)
     elif op == "add_key":
         target = parent[key] if isinstance(parent[key], dict) else parent
         if isinstance(target, dict):
-            target[rng.choice(("extra", "halo", "Axes", "", "x" * 300))] = rng.choice(INTERESTING_VALUES)
+            target[rng.choice(("extra", "halo", "Axes", "", "x" * 300))] = _interesting(rng)
     elif op == "rename" and isinstance(parent, dict):
         new = str(key)[:-1] + rng.choice("xyzbc_ ") if key else "k"
         parent[new] = parent.pop(key)

@@ -130,7 +130,8 @@ def _mutate_zarr(seed: Path, case: Path, rng: random.Random) -> None:
 
 
 def make_case(reader: str, index: int, seeds: list[Path], work: Path) -> Path:
-    """Write case ``index`` of ``reader`` into the empty folder ``work`` and return its path."""
+    """Write case ``index`` of ``reader`` into the (empty or new) folder ``work`` and return its path."""
+    work.mkdir(parents=True, exist_ok=True)
     rng = case_rng(reader, index)
     seed = seeds[index % len(seeds)]
     kind = READERS[reader].kind
