@@ -21,6 +21,7 @@ from scopert.runtime.backends import open_backend
 from scopert.runtime.io import check_array
 from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, split_loop_axes, to_internal
 from scopert.runtime.normalize import AppliedNormalization, fit_normalization
+from scopert.runtime.onnx_file import check_external_data
 from scopert.runtime.pipeline import Inference, PipelineStats, run_pipeline
 from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, SlabSink
 from scopert.runtime.tiling import TilePlan, plan_tiles, round_up
@@ -51,6 +52,7 @@ def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes:
         if not head or head.lstrip()[:1] in (b"{", b"<") or head.startswith(b"II*") or head.startswith(b"MM\x00"):
             raise InputError(f"{path} is not an ONNX model (it looks like another file type). "
                              "Pass an ONNX file written by `scopert export`.")
+        check_external_data(path)  # weights stored beside the model must stay in its folder
     engine = open_backend(path, backend=backend, device=device, threads=threads)
     card = read_sidecar(path) or card_from_metadata(engine.metadata, where=f"{path.name}:metadata")
     if card is None:
@@ -111,6 +113,16 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, family={self.card.family!r}, backend={self.backend.info.name!r})"
+
+    def close(self) -> None:
+        """Close the backend this model opened (GPU buffers, streams, sessions). Idempotent."""
+        self.backend.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- planning ------------------------------------------------------------------------------------
     def _tiled_shape(self, internal: np.ndarray, layout: Layout) -> dict[str, int]:
@@ -188,7 +200,7 @@ class Model:
                 checked["ok"] = True
             return out
 
-        in_flight = int(getattr(self.backend, "max_in_flight", 1))
+        in_flight = int(self.backend.max_in_flight)
         if in_flight > 1:  # a backend with several slots: keep them all busy (see pipeline.Inference)
             infer = Inference(lambda batch: (self.backend.submit(rp.in_layout.to_model(batch)), batch.shape),
                               lambda sent: to_tiles(self.backend.collect(sent[0]), sent[1]), in_flight)
