@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from scopert.commands.util import backend_option
 from scopert.commands.util import parse_ints as _tuple
 from scopert.errors import ConfigError, ScopertError
 
@@ -42,7 +43,7 @@ def cli(verbose: int) -> None:
 @click.option("--p_min", type=float, help="Lower input percentile (default: the card's).")
 @click.option("--p_max", type=float, help="Upper input percentile (default: the card's).")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="auto")
-@click.option("--backend", type=click.Choice(["auto", "ort", "openvino", "trt"]), default="auto")
+@backend_option()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--batch", type=int, help="Tiles per inference call.")
 @click.option("--axes", help="Input axes, e.g. zyx; required for an ONNX file without a card (then bczyx).")

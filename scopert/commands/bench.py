@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from scopert.commands.util import backend_option
 from scopert.errors import ConfigError
 
 SCMOS_BYTES_PER_S = 2048 * 2048 * 2 * 100  # 0.84 GB/s
@@ -74,7 +75,7 @@ def check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db
                                               "by side on one tile batch: speed ratios and PSNR vs ORT.")
 @click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
-@click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto")
+@backend_option()
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32")
 @click.option("--data", "data_path", type=click.Path(exists=True),
               help="A real image: the bf16 accuracy gate runs on its tiles (and the pipeline figure on it).")
@@ -120,7 +121,15 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
                                             repeats)
         for name, row in result["engines"]["engines"].items():
             accuracy = "reference" if row["psnr_vs_ort_db"] is None else f"PSNR vs ORT {row['psnr_vs_ort_db']} dB"
-            click.echo(f"  {name:>14}: {row['seconds']:.4f} s per batch, {row['x_ort']:.2f}x ORT FP32, {accuracy}")
+            roof = (f", {row['roofline_gflops']} GFLOP/s = {row['roofline_fraction_of_peak']} of the "
+                    f"{row['roofline_peak_gflops']} GFLOP/s peak" if row.get("roofline_fraction_of_peak") is not None
+                    else "")
+            click.echo(f"  {name:>14}: {row['seconds']:.4f} s per batch, {row['x_ort']:.2f}x ORT FP32, {accuracy}{roof}")
+        roofline = result["engines"].get("roofline")
+        if roofline:
+            click.echo(f"  {'roofline':>14}: {roofline['flops']['flops_per_voxel'] / 1e6:.3f} MFLOP per output voxel "
+                       f"({roofline['flops']['rule']}); peaks: " + ", ".join(
+                           f"{p} {v['gflops']} GFLOP/s ({v['how']})" for p, v in roofline["peaks"].items()))
         for name, note in result["engines"]["notes"].items():
             click.echo(f"  {name:>14}: {note}")
     result["chosen"] = {"backend": model.backend.info.name, "precision": model.backend.info.precision,

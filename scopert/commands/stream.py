@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from scopert.commands.util import backend_option
 from scopert.errors import ConfigError, ScopertError
 
 TIFF_PAGE_OVERHEAD = 512  # bytes per page (IFD, tags) on top of the pixels of a BigTIFF page
@@ -89,7 +90,7 @@ def plan_stream(replay_path, fps, model_path, output_path, no_output, max_queue,
 @click.option("--on-full", type=click.Choice(["drop", "block"]), default="drop", show_default=True,
               help="When the queue is full: drop the frame (counted) or hold the camera back.")
 @click.option("--max-queue", type=int, default=4, show_default=True, help="Frames the queue holds.")
-@click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto")
+@backend_option()
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True)
 @click.option("--frames", "n_frames", type=int, help="Replay N frames (the first N; with --loop, N in all).")
 @click.option("--loop", is_flag=True, help="Repeat the movie until --frames frames were offered.")

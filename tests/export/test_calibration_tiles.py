@@ -14,11 +14,11 @@ import tifffile
 
 from scopert.card import ModelCard, Normalization, TensorSpec
 from scopert.export.precision import load_calibration
-from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.base import Backend, BackendInfo
 from scopert.runtime.model import Model
 
 
-class RecordingBackend:
+class RecordingBackend(Backend):
     """Records the model-layout batches it is fed; returns zeros of the card's output shape."""
 
     def __init__(self, card: ModelCard) -> None:

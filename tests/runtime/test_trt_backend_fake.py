@@ -11,6 +11,7 @@ import pytest
 from scopert.card import sidecar_path
 from scopert.errors import BackendError, CardError, InputError
 from scopert.export.trt_builder import build_engine
+from scopert.runtime.backends.base import Backend
 from scopert.runtime.backends.cuda_adapter import CudaRuntime
 from scopert.runtime.backends.engine_key import GpuInfo
 from scopert.runtime.backends.trt import TrtBackend
@@ -228,7 +229,7 @@ def test_real_engine_runs(tmp_path):
     assert backend.run(x).shape == x.shape
 
 
-class _ReferenceCpu:
+class _ReferenceCpu(Backend):
     """A synchronous backend computing what the fake engine computes, for a reference run."""
 
     def __init__(self, trt_backend: TrtBackend) -> None:

@@ -1,11 +1,23 @@
-"""The backend protocol: what tiling, stitching and streaming need from an inference engine."""
+"""The backend contract and the one registry of backends: what tiling, stitching and streaming need.
+
+Every backend subclasses ``Backend`` and so has the whole contract: ``run``; ``submit``/``collect`` with
+``max_in_flight`` (the default computes at submit, one in flight); ``info``; ``tile_range``; ``close``; and the
+context manager. ``REGISTRY`` names each backend once, as Polygraphy keeps its runners: the CLI's ``--backend``
+choices, ``open_backend`` and ``scopert doctor`` read it. Adding a backend is its module plus one entry here.
+Imports the standard library only (numpy for type hints), never an inference engine.
+"""
 
 from __future__ import annotations
 
+import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+AUTO = "auto"
 
 
 @dataclass
@@ -19,11 +31,72 @@ class BackendInfo:
     reason: str = ""
 
 
-class Backend(Protocol):
+class Backend(ABC):
+    """One opened model on one engine. Subclasses set ``info``, ``input_name``, ``output_name`` and
+    ``metadata`` in ``__init__`` and implement ``run``; those that overlap work override ``submit``,
+    ``collect`` and ``max_in_flight``; those that hold memory, streams or sessions override ``close``."""
+
     info: BackendInfo
     input_name: str
     output_name: str
     metadata: dict[str, str]
+    max_in_flight: int = 1  # batches submitted and not yet collected; the pipeline keeps this many busy
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    @abstractmethod
+    def run(self, batch: "np.ndarray") -> "np.ndarray":
         """Run one batch in the model's own layout (float32) and return the output batch."""
+
+    def submit(self, batch: "np.ndarray") -> Any:
+        """Start a batch; ``collect(ticket)`` returns its output. By default it runs now (no overlap)."""
+        return self.run(batch)
+
+    def collect(self, ticket: Any) -> "np.ndarray":
+        """The output of a submitted batch (by default the ticket is the output itself)."""
+        return ticket
+
+    def tile_range(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) per tiled axis where the backend has fixed shapes (a TensorRT profile); else empty."""
+        return {}
+
+    def close(self) -> None:
+        """Free what the backend holds (GPU buffers, streams, sessions). Idempotent."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend: its name on the command line, what opens it and which files it runs."""
+
+    name: str
+    opener: str  # "module:callable" with signature (path, device, threads) -> Backend
+    suffixes: tuple[str, ...]
+    summary: str
+
+    def load_opener(self) -> Callable[..., Backend]:
+        module, _, attr = self.opener.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+REGISTRY: dict[str, BackendEntry] = {e.name: e for e in (
+    BackendEntry("ort", "scopert.runtime.backends.ort:OrtBackend", (".onnx",),
+                 "ONNX Runtime: the portable CPU default; CUDA/TensorRT providers when installed"),
+    BackendEntry("openvino", "scopert.runtime.backends.openvino:open_named", (".onnx",),
+                 "OpenVINO on x86 CPUs (falls back to ONNX Runtime for ops it cannot run)"),
+    BackendEntry("trt", "scopert.runtime.backends.trt:TrtBackend", (".engine", ".plan"),
+                 "a TensorRT engine built by `scopert build`, driven with cuda-python"),
+)}
+
+
+def backend_choices() -> tuple[str, ...]:
+    """The ``--backend`` values: ``auto`` and every registered backend."""
+    return (AUTO, *REGISTRY)
+
+
+def engine_suffixes() -> tuple[str, ...]:
+    """File suffixes that only an engine backend runs (``.engine``, ``.plan``)."""
+    return tuple(s for e in REGISTRY.values() for s in e.suffixes if s != ".onnx")

@@ -1,14 +1,16 @@
 """Which backend runs a model, and why: the ``auto`` order and the OpenVINO -> ONNX Runtime fallback.
 
-``auto`` picks, in order: a TensorRT engine on a GPU (an ``.engine``/``.plan`` file, or one built beside
-the ONNX file), ONNX Runtime with CUDA when a GPU and the CUDA provider are there, OpenVINO on an x86 CPU
-when it is installed, and ONNX Runtime on the CPU otherwise. The decision is a pure function of a probed
-``Environment`` (so tests can fake one) and carries its reason, which ``scopert doctor`` prints and every
-run logs. Imports numpy-free standard library only; backends are imported when opened.
+``auto`` picks, in order: a TensorRT engine on a GPU (an ``.engine``/``.plan`` file, or the engine that
+``scopert build`` wrote for this ONNX: ``engines/<stem>-<digest>.engine`` whose card's key names this model's
+sha256, this GPU and this TensorRT version), ONNX Runtime with CUDA when a GPU and the CUDA provider are there,
+OpenVINO on an x86 CPU when it is installed, and ONNX Runtime on the CPU otherwise. The decision is a pure
+function of a probed ``Environment`` (so tests can fake one) and carries its reason, which ``scopert doctor``
+prints and every run logs. Imports the standard library only; backends are imported when opened.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging
 import platform
@@ -17,7 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scopert.errors import BackendError
+from scopert.errors import BackendError, ScopertError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class Environment:
     ort_providers: tuple[str, ...] = ()
     tensorrt: bool = False
     gpu: str | None = None
+    compute_capability: str | None = None  # "9.0", from nvidia-smi; None: match engines on the GPU name only
+    trt_version: str | None = None  # the installed TensorRT's version; None: match any
 
     @property
     def x86(self) -> bool:
@@ -50,16 +54,32 @@ class Choice:
     skipped: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _gpu_name() -> str | None:
+def _gpu_name() -> tuple[str | None, str | None]:
+    """GPU 0's name and compute capability from nvidia-smi (None, None without one)."""
     if shutil.which("nvidia-smi") is None:
-        return None
+        return None, None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return None, None
     lines = out.stdout.strip().splitlines()
-    return lines[0].strip() if out.returncode == 0 and lines else None
+    if out.returncode != 0 or not lines:
+        return None, None
+    name, _, cc = lines[0].rpartition(",")
+    return (name.strip(), cc.strip()) if name else (cc.strip(), None)
+
+
+def _trt_version() -> str | None:
+    """The installed TensorRT's version, read from its package metadata (no import of tensorrt)."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get("tensorrt", []) + ["tensorrt"]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def probe_environment() -> Environment:
@@ -70,11 +90,58 @@ def probe_environment() -> Environment:
         import onnxruntime as ort
 
         providers = tuple(ort.get_available_providers())
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    gpu, cc = _gpu_name()
     return Environment(
         machine=platform.machine(), openvino=importlib.util.find_spec("openvino") is not None, ort=has_ort,
-        ort_providers=providers,
-        tensorrt=importlib.util.find_spec("tensorrt") is not None, gpu=_gpu_name(),
+        ort_providers=providers, tensorrt=has_trt, gpu=gpu, compute_capability=cc,
+        trt_version=_trt_version() if has_trt else None,
     )
+
+
+def engine_folders(onnx_path: Path) -> list[Path]:
+    """Where ``scopert build`` may have put this model's engines: ``engines/`` beside the ONNX, the ONNX's
+    own folder, and ``engines/`` in the working directory (build's default ``-o``)."""
+    seen, out = set(), []
+    for folder in (onnx_path.parent / "engines", onnx_path.parent, Path("engines")):
+        key = folder.resolve()
+        if key not in seen and folder.is_dir():
+            seen.add(key)
+            out.append(folder)
+    return out
+
+
+def find_engine(onnx_path: Path, env: Environment) -> tuple[Path | None, list[str]]:
+    """The newest engine built for this model on this GPU and TensorRT version, and why others were passed over.
+
+    An engine matches when its sidecar card's key (written by ``scopert build``) names the ONNX's sha256, this
+    GPU (name and, when known, compute capability) and this TensorRT version. Only sidecar cards are read."""
+    from scopert.checksum import sha256_file
+    from scopert.runtime.backends.engine_key import read_engine_card
+
+    candidates = [p for folder in engine_folders(onnx_path) for suffix in ENGINE_SUFFIXES
+                  for p in folder.glob(f"{glob.escape(onnx_path.stem)}-*{suffix}")]
+    if not candidates:
+        return None, []
+    digest = sha256_file(onnx_path)
+    matches, passed = [], []
+    for engine in candidates:
+        try:
+            _, key, _ = read_engine_card(engine)
+        except ScopertError as exc:
+            passed.append(f"{engine.name}: {exc}")
+            continue
+        if key.model_sha256 != digest:
+            passed.append(f"{engine.name} was built from another version of {onnx_path.name}")
+        elif key.gpu_name != env.gpu or (env.compute_capability and key.compute_capability != env.compute_capability):
+            passed.append(f"{engine.name} was built for {key.gpu_name} ({key.compute_capability}), not {env.gpu}")
+        elif env.trt_version and key.trt_version != env.trt_version:
+            passed.append(f"{engine.name} was built with TensorRT {key.trt_version}, not {env.trt_version}")
+        else:
+            matches.append(engine)
+    if not matches:
+        return None, passed
+    return max(matches, key=lambda p: p.stat().st_mtime_ns), passed
 
 
 def choose(path: str | Path, device: str = "auto", env: Environment | None = None) -> Choice:
@@ -85,11 +152,18 @@ def choose(path: str | Path, device: str = "auto", env: Environment | None = Non
     if path.suffix in ENGINE_SUFFIXES:
         return Choice("trt", "cuda", f"{path.name} is a TensorRT engine", engine_path=path)
     if device != "cpu":
-        engine = path.with_suffix(".engine")
-        if env.gpu and env.tensorrt and engine.exists():
-            return Choice("trt", "cuda", f"TensorRT engine {engine.name} on GPU {env.gpu}", engine_path=engine)
+        if env.gpu and env.tensorrt:
+            engine, passed = find_engine(path, env)
+            if engine is not None:
+                return Choice("trt", "cuda", f"TensorRT engine {engine.name} built for this model on GPU {env.gpu}",
+                              engine_path=engine)
+            for why in passed:
+                log.warning("backend auto: not using engine %s; rebuild it here with `scopert build %s --tile ...`",
+                            why, path.name)
+            skipped.extend(f"engine {why}" for why in passed)
         if env.gpu and "CUDAExecutionProvider" in env.ort_providers:
-            return Choice("ort", "cuda", f"ONNX Runtime CUDA on GPU {env.gpu} (no TensorRT engine built)")
+            why = "; ".join(skipped) or "no TensorRT engine built for it"
+            return Choice("ort", "cuda", f"ONNX Runtime CUDA on GPU {env.gpu} ({why})", skipped=tuple(skipped))
         skipped.append("no GPU" if not env.gpu else "GPU without a TensorRT engine or ORT CUDA provider")
         if device == "cuda":
             raise BackendError(f"--device cuda was asked for, but {skipped[-1]}. Install onnxruntime-gpu "
@@ -136,8 +210,10 @@ def open_auto(path: str | Path, device: str = "auto", threads: int | None = None
         backend = OrtBackend(path, device=choice.device, threads=threads)
         backend.info.reason = f"{backend.info.reason}; chosen because: {choice.reason}"
     else:
-        raise BackendError(f"auto chose TensorRT ({choice.reason}), but the TensorRT backend is not available in "
-                           "this version; pass the .onnx file with --backend ort or openvino.")
+        from scopert.runtime.backends.base import REGISTRY
+
+        backend = REGISTRY["trt"].load_opener()(choice.engine_path, device="cuda", threads=threads)
+        backend.info.reason = f"{backend.info.reason}; chosen because: {choice.reason}"
     log.info("backend auto: %s on %s, precision %s (%s)", backend.info.name, backend.info.device,
              backend.info.precision, backend.info.reason)
     return backend

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from scopert.errors import BackendError, InputError
-from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.base import Backend, BackendInfo
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Ticket:
     inputs: list[np.ndarray]
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     """OpenVINO on the CPU with an explicit precision, LATENCY hint and two requests in flight."""
 
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "f32",
@@ -278,6 +278,11 @@ class OpenVinoBackend:
         """Run one batch; its samples go through two requests in flight. Releases the GIL while waiting."""
         return self.collect(self.submit(batch))
 
+    def close(self) -> None:
+        """Drop the compiled shapes and their infer requests (OpenVINO frees them with the last reference)."""
+        with self._cache_lock:
+            self._cache.clear()
+
     def runtime_precisions(self, shape: tuple[int, ...]) -> dict[str, int]:
         """How many ops of the compiled shape run in each precision (from the runtime model's rt_info)."""
         counts: dict[str, int] = {}
@@ -287,3 +292,12 @@ class OpenVinoBackend:
                 key = str(rt["runtimePrecision"].astype(str))
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+def open_named(path: str | Path, device: str = "auto", threads: int | None = None) -> Backend:
+    """``--backend openvino``: f32 on the CPU, or ONNX Runtime when OpenVINO cannot run an op (registry opener)."""
+    if device == "cuda":
+        raise BackendError("--backend openvino runs on the CPU; drop --device cuda or use --backend ort or trt.")
+    from scopert.runtime.backends.choice import open_openvino
+
+    return open_openvino(path, threads, "f32", "--backend openvino")

@@ -26,7 +26,7 @@ import numpy as np
 from scopert.card import METADATA_KEY, ModelCard
 from scopert.checksum import sha256_file
 from scopert.errors import BackendError, InputError, ScopertError
-from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.base import Backend, BackendInfo
 from scopert.runtime.backends.engine_key import ProfileShapes, tile_profile
 from scopert.runtime.tiling import round_up
 
@@ -122,7 +122,7 @@ def model_precision(metadata: dict[str, str]) -> str:
     return "fp16" if str(mode).startswith("fp16") else "fp32"
 
 
-class OrtBackend:
+class OrtBackend(Backend):
     """One InferenceSession; ``run`` releases the GIL, so the pipeline's other threads keep working."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
@@ -180,6 +180,8 @@ class OrtBackend:
         return {ax: (lo, op, hi) for ax, lo, op, hi in zip(axes, p.min, p.opt, p.max) if ax in "tzyx"}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            raise BackendError("this ONNX Runtime backend was closed; open the model again (scopert.runtime.load).")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._cuda:
             binding = self.session.io_binding()
@@ -188,3 +190,7 @@ class OrtBackend:
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        """Release the session (ONNX Runtime frees it, and any GPU memory, with the last reference)."""
+        self.session = None

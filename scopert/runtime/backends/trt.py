@@ -23,8 +23,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from scopert.card import METADATA_KEY
 from scopert.errors import BackendError, InputError
-from scopert.runtime.backends.base import BackendInfo
+from scopert.runtime.backends.base import Backend, BackendInfo
 from scopert.runtime.backends.cuda_adapter import D2H, H2D
 from scopert.runtime.backends.engine_key import DEFAULT_PROFILES, GpuInfo, ProfileShapes, check_engine
 
@@ -61,8 +62,8 @@ def _dtype(trt: Any, trt_dtype: Any) -> np.dtype:
     return np.dtype(table[trt_dtype])
 
 
-class TrtBackend:
-    """Same protocol as the ORT backend (``run``), plus ``submit``/``collect``/``run_many`` for overlap."""
+class TrtBackend(Backend):
+    """The backend contract with ``slots`` batches in flight (``submit``/``collect``), plus ``run_many``."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, *, slots: int = DEFAULT_SLOTS,
                  trt: Any = None, cuda: Any = None) -> None:
@@ -95,7 +96,8 @@ class TrtBackend:
         self.input_name, self.output_name = self._io_names()
         self.in_dtype = _dtype(self._trt, engine.get_tensor_dtype(self.input_name))
         self.out_dtype = _dtype(self._trt, engine.get_tensor_dtype(self.output_name))
-        self.metadata: dict[str, str] = {}
+        # the card travels with the backend, so ``load(model.onnx)`` that ``auto`` sent to an engine has it too
+        self.metadata: dict[str, str] = {METADATA_KEY: self.card.to_json(indent=None)}
         profiles = int(getattr(engine, "num_optimization_profiles", 1) or 1)
         n_slots = max(1, min(int(slots), profiles))
         if n_slots < int(slots):
