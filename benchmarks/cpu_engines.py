@@ -37,6 +37,7 @@ from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.backends.ort import OrtBackend  # noqa: E402
 from scopert.runtime.bench import bench_pipeline, tune_tile  # noqa: E402
 from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
+from scopert.runtime.roofline import achieved, count_flops, measure_peak  # noqa: E402
 
 THREADS = os.cpu_count() or 1
 
@@ -141,7 +142,8 @@ def time_min(fn, repeats: int) -> float:
     return best
 
 
-def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_ok: bool) -> dict:
+def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_ok: bool,
+                         peaks: dict | None = None) -> dict:
     x = micro_tile(spec["tile"])
     xt = torch.from_numpy(x)
     torch.set_num_threads(THREADS)
@@ -175,6 +177,11 @@ def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_o
                              "x_torch": round(times["torch_fp32"] / times[k], 3),
                              "psnr_vs_torch_fp32_db": None if k == "torch_fp32" else round(psnr_db(ref, outs[k]), 1)}
     row["openvino_f32_x_ort"] = round(times["ort_fp32"] / times["openvino_f32"], 3)
+    # roofline (issue 16): counted FLOPs of this tile, achieved GFLOP/s and fraction of the measured peak
+    count = count_flops(path, tuple(spec["tile"]))
+    row["flops_per_voxel"] = round(count.flops_per_voxel)
+    for k, v in row["engines"].items():
+        v.update(achieved(count, times[k], (peaks or {}).get("bf16" if k.endswith("bf16") else "f32")))
     print(f"{name}: " + ", ".join(f"{k} {v['seconds']:.3f}s ({v['x_torch']:.2f}x)" for k, v in row["engines"].items()),
           flush=True)
     return row
@@ -228,13 +235,17 @@ def write_results(result: dict, out_dir: Path) -> None:
     lines = [f"# CPU engines ({result['date']})", "", f"CPU: {result['cpu']['model']}, {result['cpu']['threads']} threads; "
              f"bf16: {result['cpu']['bf16']}; load average at start {result['loadavg_start']} (machine shared, noisy).",
              f"Flags (vector): {result['cpu']['vector_flags']}", "",
-             "| workload | engine | s (min) | Mvox/s | x torch FP32 | PSNR vs torch FP32 dB |", "|---|---|---|---|---|---|"]
+             "Peaks (OpenVINO 1024^3 MatMul, same machine and threads): " + ", ".join(
+                 f"{p} {v['gflops']} GFLOP/s" for p, v in result.get("peaks", {}).items()), "",
+             "| workload | engine | s (min) | Mvox/s | x torch FP32 | PSNR vs torch FP32 dB | MFLOP/voxel | GFLOP/s | "
+             "fraction of peak |", "|---|---|---|---|---|---|---|---|---|"]
     for w, row in result["workloads"].items():
         for k, v in row["engines"].items():
             lines.append(f"| {w} {row['tile']} | {k} | {v['seconds']} | {v['mvox_s']} | {v['x_torch']} | "
-                         f"{v['psnr_vs_torch_fp32_db'] if v['psnr_vs_torch_fp32_db'] is not None else 'ref'} |")
+                         f"{v['psnr_vs_torch_fp32_db'] if v['psnr_vs_torch_fp32_db'] is not None else 'ref'} | "
+                         f"{row.get('flops_per_voxel', 0) / 1e6:.3f} | {v.get('gflops')} | {v.get('fraction_of_peak')} |")
         for k, note in row["notes"].items():
-            lines.append(f"| {w} | {k} | – | – | – | {note} |")
+            lines.append(f"| {w} | {k} | – | – | – | {note} | | | |")
     sw = result["sweep_2d"]
     if sw:
         lines += ["", "## Tile/batch sweep (OpenVINO f32, 2D model, 2048x2048 image; `scopert bench --tune`)", "",
@@ -290,6 +301,8 @@ def main() -> None:
     import onnxruntime
     import openvino
     result["versions"].update(onnxruntime=onnxruntime.__version__, openvino=openvino.get_version())
+    peaks = {p: measure_peak(p) for p in (("f32", "bf16") if caps.bf16 else ("f32",))}
+    result["peaks"] = {p: v.as_dict() for p, v in peaks.items()}
     specs = build_models()
     if args.only:
         specs = {k: v for k, v in specs.items() if k in args.only.split(",")}
@@ -298,7 +311,7 @@ def main() -> None:
         for name, spec in specs.items():
             paths[name] = Path(tmp) / f"{name}.onnx"
             export(spec, paths[name])
-            result["workloads"][name] = engines_side_by_side(name, spec, paths[name], args.repeats, caps.bf16)
+            result["workloads"][name] = engines_side_by_side(name, spec, paths[name], args.repeats, caps.bf16, peaks)
         if "care2d" in paths:
             result["sweep_2d"] = sweep_2d(paths["care2d"], args.repeats, args.quick)
         else:

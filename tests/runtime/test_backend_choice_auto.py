@@ -109,9 +109,9 @@ def test_every_run_logs_backend_precision_and_why(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         model = load(path)
     text = " ".join(r.getMessage() for r in caplog.records)
-    if choose(path).backend == "openvino":
-        assert model.backend.info.name == "openvino"
-        assert "backend auto: openvino on cpu, precision fp32" in text and "chosen because" in text
+    if choose(path).backend == "openvino":  # then the measured choice (issue 16) picks ORT or OpenVINO by speed
+        assert model.backend.info.name in ("openvino", "ort")
+        assert f"backend auto: {model.backend.info.name} on cpu, precision fp32" in text and "chosen because" in text
 
 
 def test_one_contract_and_one_registry(tmp_path):

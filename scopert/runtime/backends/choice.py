@@ -203,7 +203,9 @@ def open_auto(path: str | Path, device: str = "auto", threads: int | None = None
     """Open the backend ``choose`` picks and log the choice, its precision and why."""
     choice = choose(path, device, env)
     if choice.backend == "openvino":
-        backend = open_openvino(path, threads, "f32", choice.reason)
+        from scopert.runtime.backends.measured import open_measured  # issue 16: time ORT vs OpenVINO, cached
+
+        backend = open_measured(path, threads, choice.reason) or open_openvino(path, threads, "f32", choice.reason)
     elif choice.backend == "ort":
         from scopert.runtime.backends.ort import OrtBackend
 

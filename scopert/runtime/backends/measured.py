@@ -1,0 +1,207 @@
+"""The measured CPU choice: ``--backend auto`` on a CPU times ONNX Runtime and OpenVINO (f32) on a few tiles
+of the planned size and keeps the faster one, because neither wins everywhere (OpenVINO is far ahead on 3D
+convolutions; ONNX Runtime is ahead on some 2D+t transformer nets such as CNNT).
+
+The result is cached in ``engines/cpu_choice.json`` beside the model (the model's own folder when it already
+is an ``engines/`` folder), keyed by the model's sha256, the CPU (model name and vector flags), both engine
+versions, the thread count and the tile shape, and reused by every later run. A record for the same model
+and CPU made with other engine versions is stale: it is measured again, and the log says so.
+
+Imports numpy and the standard library; the engines only through their backends. Never torch or onnx.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "cpu_choice.json"
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class ChoiceKey:
+    """What a measurement depends on."""
+
+    model_sha256: str
+    cpu: str
+    versions: dict[str, str] = field(default_factory=dict)
+    threads: int = 1
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """The part that must match for a record to describe this model on this CPU at this shape."""
+        return f"{self.model_sha256}|{self.cpu}|{self.threads}|{'x'.join(map(str, self.input_shape))}"
+
+    @property
+    def full(self) -> str:
+        return self.where + "|" + ",".join(f"{k}={v}" for k, v in sorted(self.versions.items()))
+
+
+@dataclass
+class MeasuredChoice:
+    """The pick, the seconds per batch it rests on, and whether it came from the cache."""
+
+    backend: str
+    seconds: dict[str, float]
+    reused: bool
+    stale: str = ""
+    cache: str = ""
+
+    @property
+    def reason(self) -> str:
+        timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(self.seconds.items()))
+        source = "cached measurement" if self.reused else "measured now"
+        stale = f"; {self.stale}" if self.stale else ""
+        return f"fastest CPU engine for this model by {source} ({timing} per tile){stale}"
+
+
+def cache_path(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    folder = model_path.parent if model_path.parent.name == "engines" else model_path.parent / "engines"
+    return folder / CACHE_NAME
+
+
+def engine_versions() -> dict[str, str]:
+    """Versions of the CPU engines installed (only those that are)."""
+    out = {}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino
+
+        out["openvino"] = openvino.get_version()
+    return out
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+        return data.get("records", {}) if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, records: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"records": records}, indent=2))
+    os.replace(tmp, path)
+
+
+def time_engines(runners: dict[str, Callable[[], Any]], repeats: int = REPEATS) -> dict[str, float]:
+    """Best seconds of each runner after one warm-up, the runners alternating within each repeat."""
+    for run in runners.values():
+        run()
+    best = {name: float("inf") for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def decide(key: ChoiceKey, cache: Path, measure: Callable[[], dict[str, float]]) -> MeasuredChoice:
+    """The cached pick for ``key``, or a new measurement (recorded); a record from other engine versions is
+    re-measured and replaced."""
+    records = read_cache(cache)
+    hit = records.get(key.full)
+    if hit is not None:
+        return MeasuredChoice(hit["backend"], dict(hit["seconds"]), reused=True, cache=str(cache))
+    stale = ""
+    for full, rec in list(records.items()):
+        if rec.get("where") == key.where:
+            changed = [f"{k} {rec.get('versions', {}).get(k)} -> {v}" for k, v in key.versions.items()
+                       if rec.get("versions", {}).get(k) != v]
+            stale = f"re-measured: engine version changed ({', '.join(changed) or 'engines differ'})"
+            log.info("backend auto: %s", stale)
+            del records[full]
+    seconds = measure()
+    pick = min(seconds, key=seconds.get)
+    records[key.full] = {"where": key.where, "backend": pick, "seconds": {k: round(v, 5) for k, v in seconds.items()},
+                         "versions": dict(key.versions), "cpu": key.cpu, "threads": key.threads,
+                         "input_shape": list(key.input_shape), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        _write_cache(cache, records)
+    except OSError as exc:
+        log.warning("could not record the backend measurement in %s: %s", cache, exc)
+    return MeasuredChoice(pick, seconds, reused=False, stale=stale, cache=str(cache))
+
+
+def _planned_batch(path: Path, ort_backend: Any) -> np.ndarray | None:
+    """One tile of the size a run would plan (the card's default tile), in the model's layout."""
+    from scopert.card import card_from_metadata
+    from scopert.runtime.model import Model
+
+    card = card_from_metadata(ort_backend.metadata, where=f"{path.name}:metadata")
+    if card is None:
+        return None
+    model = Model(ort_backend, card, path)
+    tiled = model.in_layout.tiled
+    tile = model.default_tile({ax: 1 << 20 for ax in tiled})
+    channels = card.input.channels if "c" in card.input.axes else 1
+    x = np.random.default_rng(0).uniform(0, 1, (1, channels) + tuple(tile[ax] for ax in tiled)).astype(np.float32)
+    return model.in_layout.to_model(x)
+
+
+def open_measured(path: str | Path, threads: int | None = None, why: str = "") -> Any | None:
+    """The faster of ONNX Runtime and OpenVINO f32 on this model's planned tile (cached), opened; or None when
+    there is nothing to measure (ONNX Runtime missing, no card to plan a tile from, OpenVINO cannot run it)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from scopert.errors import ScopertError
+    from scopert.runtime.backends.ort import OrtBackend
+    from scopert.runtime.bf16_gate import cpu_caps
+    from scopert.checksum import sha256_file
+
+    path = Path(path)
+    ort_backend = OrtBackend(path, device="cpu", threads=threads)
+    try:
+        batch = _planned_batch(path, ort_backend)
+    except ScopertError as exc:
+        log.debug("backend auto: no measured choice for %s (%s)", path.name, exc)
+        batch = None
+    if batch is None:
+        return None
+    n_threads = int(threads or os.cpu_count() or 1)
+    key = ChoiceKey(sha256_file(path), cpu_caps(ask_openvino=False).key, engine_versions(), n_threads,
+                    tuple(batch.shape))
+    engines: dict[str, Any] = {"ort": ort_backend}
+
+    def measure() -> dict[str, float]:
+        from scopert.runtime.backends.openvino import OpenVinoBackend
+
+        engines["openvino"] = OpenVinoBackend(path, threads=threads, precision="f32")
+        return time_engines({name: (lambda b=b: b.run(batch)) for name, b in engines.items()})
+
+    try:
+        picked = decide(key, cache_path(path), measure)
+    except ScopertError as exc:  # OpenVINO cannot compile it: the choice module's fallback handles that
+        log.debug("backend auto: measurement failed for %s (%s)", path.name, exc)
+        return None
+    if picked.backend == "openvino":
+        backend = engines.get("openvino")
+        if backend is None:
+            from scopert.runtime.backends.openvino import OpenVinoBackend
+
+            backend = OpenVinoBackend(path, threads=threads, precision="f32")
+    else:
+        backend = ort_backend
+    backend.info.reason = f"{backend.info.reason}; chosen because: {picked.reason}" + (f" ({why})" if why else "")
+    backend.measured_choice = asdict(picked) | {"key": key.full}
+    log.info("backend auto: measured %s on %s: %s", ", ".join(sorted(picked.seconds)), path.name, picked.reason)
+    return backend
