@@ -48,8 +48,9 @@ def cli(verbose: int) -> None:
 @click.option("--batch", type=int, help="Tiles per inference call.")
 @click.option("--axes", help="Input axes, e.g. zyx; required for an ONNX file without a card (then bczyx).")
 @click.option("--dataset", help="HDF5/Zarr input dataset (default raw).")
-@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
-              help="bf16 on OpenVINO only where the CPU supports it and the accuracy gate passes.")
+@click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto", show_default=True,
+              help="auto: bf16 where the CPU has it and the card records a passed bf16 gate, else f32. "
+                   "bf16/int8 (OpenVINO) are refused where the CPU or the card's gate does not allow them.")
 @click.option("--suffix", "out_suffix", help="Folder mode: output suffix (.tif, .ome.tif, .h5, .zarr); default: "
               "the input's name.")
 @click.option("--overwrite", is_flag=True, help="Folder mode: redo outputs that exist (default: skip them, "
@@ -78,7 +79,7 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
     check_paths(inp, out, gt, out_suffix, fmt)  # before the model loads: a wrong path fails at once
     calibration = None
-    if precision != "f32":  # the bf16 gate measures on real tiles of the (first) input
+    if precision == "bf16":  # without a gate in the card, the bf16 gate measures on real tiles of the (first) input
         import numpy as np
 
         from scopert.runtime.apply import open_input
@@ -98,8 +99,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     if cluster:  # scale-out: Dask is imported only here
         from scopert.dist.command import apply_on_cluster
 
-        if precision != "f32":
-            raise ConfigError("--precision bf16 is not supported with --cluster; drop --precision.")
+        if precision in ("bf16", "int8"):
+            raise ConfigError(f"--precision {precision} is not supported with --cluster; drop --precision.")
         apply_on_cluster(model, jobs, opts, cluster, block=_tuple(dist_block, "--block"), resume=resume,
                          backend=backend, device=device, folder=is_folder_run(inp))
         return
@@ -118,8 +119,14 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
 def info(model_path) -> None:
     """Print a model's card."""
     from scopert.runtime import load
+    from scopert.runtime.bf16_gate import cpu_caps
+    from scopert.runtime.precision_choice import decide
 
-    click.echo(load(model_path, backend="ort", device="cpu").card.to_json())
+    model = load(model_path, backend="ort", device="cpu")
+    click.echo(model.card.to_json())
+    caps = cpu_caps()
+    auto = decide("auto", model.card, caps.bf16, caps.bf16_evidence, model.path)
+    click.echo(f"precision auto on this CPU ({caps.model}): {auto.precision} ({auto.reason})", err=True)
 
 
 @cli.command()
@@ -241,11 +248,17 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
               help="Calibration images for --fp16 (TIFF/NPY/NPZ/HDF5); default: the run's training data.")
 @click.option("--safety-factor", type=float, default=4.0, show_default=True,
               help="--fp16: keep nodes whose |x| exceeds 65504/F in FP32.")
-def export(run_folder, out_path, opset, fp16, calib, safety_factor) -> None:
+@click.option("--cpu-gates", "cpu_gates", is_flag=True, help="Measure OpenVINO bf16 vs f32 on real tiles (--calib, "
+              "else the training data) and record the gate in the card: precision auto then runs bf16 where it passed.")
+@click.option("--int8", is_flag=True, help="--cpu-gates: also quantize to INT8 with NNCF (scopert[int8]) on those "
+              "tiles and record its gate (>= 40 dB, or Dice change <= 0.01 for segmentation).")
+def export(run_folder, out_path, opset, fp16, calib, safety_factor, cpu_gates, int8) -> None:
     """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
     from scopert.commands.preflight import check_export_args
 
-    check_export_args(run_folder, out_path, opset, fp16, calib, safety_factor)  # before torch loads or tracing
+    if int8 and not cpu_gates:
+        raise ConfigError("--int8 is recorded with the CPU gates; add --cpu-gates.")
+    check_export_args(run_folder, out_path, opset, fp16 or cpu_gates, calib, safety_factor)  # before torch loads
     from scopert.export.onnx_export import export_run
 
     card = export_run(run_folder, out_path, opset=opset)
@@ -260,6 +273,11 @@ def export(run_folder, out_path, opset, fp16, calib, safety_factor) -> None:
         click.echo(f"{res.path}: {len(res.plan.islands)} FP32 islands, predicted PSNR vs FP32 "
                    f"{res.report.psnr_db:.1f} dB, {res.report.nonfinite_fp16} NaN/Inf (ORT CPU); "
                    f"{describe_half(res.report.torch_half)}", err=True)
+    if cpu_gates:  # issue 16: bf16 (and INT8) gates on real tiles, recorded in the card
+        from scopert.export.int8 import record_cpu_gates
+
+        for name, gate in record_cpu_gates(out_path, list(calib) or None, int8=int8).items():
+            click.echo(f"{out_path}: {name} {gate}", err=True)
 
 
 @cli.command()

@@ -10,6 +10,7 @@ import importlib.util
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -88,7 +89,22 @@ def backend_choice_report() -> dict[str, str]:
         out["auto backend"] = f"none: {exc}"
     caps = cpu_caps()
     out["cpu"] = caps.model
-    out["default precision"] = "f32 (set explicitly; bf16 only on request)"
-    out["bf16"] = (f"possible: {caps.bf16_evidence}; needs --precision bf16 and a PSNR gate >= 45 dB on real tiles"
-                   if caps.bf16 else f"not available: {caps.bf16_evidence}")
+    out["default precision"] = ("auto: bf16 where the CPU has it and the model's card records a passed bf16 gate "
+                                "(>= 45 dB on real tiles, `scopert export --cpu-gates`), else f32; --precision f32 forces f32")
+    out["bf16"] = (f"available: {caps.bf16_evidence}" if caps.bf16 else f"not available: {caps.bf16_evidence}")
+    out.update(measured_choice_report())
+    return out
+
+
+def measured_choice_report(folder: str | Path = "engines") -> dict[str, str]:
+    """What the measured CPU choice (issue 16) recorded in ``engines/cpu_choice.json`` of the working directory."""
+    from scopert.runtime.backends.measured import CACHE_NAME, engine_versions, read_cache
+
+    records = read_cache(Path(folder) / CACHE_NAME)
+    out = {"cpu choice": f"auto times ONNX Runtime vs OpenVINO f32 per model on its planned tile, cached in "
+                         f"engines/{CACHE_NAME} beside the model (engines now: {engine_versions()})"}
+    for i, rec in enumerate(records.values()):
+        timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(rec.get("seconds", {}).items()))
+        out[f"measured {i + 1}"] = (f"{rec.get('backend')} for model {str(rec.get('where', ''))[:12]} tile "
+                                    f"{rec.get('input_shape')}: {timing} ({rec.get('measured_at')})")
     return out

@@ -76,7 +76,8 @@ def check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db
 @click.option("--repeats", type=int, default=3, help="Repeats of the raw tile-batch loop.")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="crop")
 @backend_option()
-@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32")
+@click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto", show_default=True,
+              help="auto: bf16 where the CPU has it and the card records a passed bf16 gate, else f32.")
 @click.option("--data", "data_path", type=click.Path(exists=True),
               help="A real image: the bf16 accuracy gate runs on its tiles (and the pipeline figure on it).")
 @click.option("--gate-db", type=float, default=45.0, show_default=True, help="bf16 gate: minimum PSNR vs f32.")

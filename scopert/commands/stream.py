@@ -91,7 +91,8 @@ def plan_stream(replay_path, fps, model_path, output_path, no_output, max_queue,
               help="When the queue is full: drop the frame (counted) or hold the camera back.")
 @click.option("--max-queue", type=int, default=4, show_default=True, help="Frames the queue holds.")
 @backend_option()
-@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto", show_default=True,
+              help="auto: bf16 where the CPU has it and the card records a passed bf16 gate, else f32.")
 @click.option("--frames", "n_frames", type=int, help="Replay N frames (the first N; with --loop, N in all).")
 @click.option("--loop", is_flag=True, help="Repeat the movie until --frames frames were offered.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the report as JSON.")

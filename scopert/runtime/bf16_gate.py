@@ -198,25 +198,59 @@ def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str
     return [model.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
 
 
+def _explicit_engine(model: Any) -> str | None:
+    """The engine the user named (``--backend ort``), or None when ``auto`` picked it (measured or ordered)."""
+    if getattr(model.backend, "measured_choice", None) is not None or "chosen because" in model.backend.info.reason:
+        return None
+    return model.backend.info.name
+
+
 def apply_precision(model: Any, precision: str, calibration: np.ndarray | None = None,
                     threshold_db: float = DEFAULT_THRESHOLD_DB, threads: int | None = None,
                     caps: CpuCaps | None = None) -> GateResult:
-    """Give a loaded ``Model`` the precision it may use: swaps in an OpenVINO bf16 backend when the gate
-    passes; otherwise keeps f32 and logs the refusal. The decision is kept as ``model.precision_decision``."""
-    if precision not in ("f32", "fp32") and model.backend.info.name != "openvino":
-        gate = GateResult("fp32", f"bf16 refused: bf16 runs on the OpenVINO backend only, and this model runs on "
-                          f"{model.backend.info.name}; use --backend openvino (x86). Running in f32",
-                          threshold_db=threshold_db)
-    else:
-        tiles = sample_tiles(model, calibration) if calibration is not None and precision == "bf16" else None
-        gate = decide_precision(model.path, precision, tiles, threshold_db, threads, caps)
-    if gate.precision == "bf16":
-        from scopert.runtime.backends.openvino import OpenVinoBackend
+    """Give a loaded ``Model`` the precision it may use (``auto``, ``f32``, ``bf16`` or ``int8``).
 
-        model.backend = OpenVinoBackend(model.path, threads=threads, precision="bf16")
-        log.info("precision bf16 for %s: %s", model.path.name, gate.reason)
-    elif precision == "bf16":
-        log.warning("%s: %s", model.path.name, gate.reason)
+    ``auto`` takes bf16 when the CPU has it and the card records a passed bf16 gate, else f32, and never
+    fails. An explicit ``bf16`` is allowed by the card's gate, or by a gate measured now on ``calibration``
+    (or recorded beside the model); an explicit ``bf16``/``int8`` that cannot be honoured raises ConfigError
+    naming why. Swaps in the OpenVINO backend that runs the chosen precision; the decision is kept as
+    ``model.precision_decision`` and appended to ``model.backend.info.reason``."""
+    from scopert.errors import ConfigError
+    from scopert.runtime import precision_choice as pc
+
+    if precision in ("f32", "fp32"):
+        gate = GateResult("fp32", "f32 forced by --precision f32", threshold_db=threshold_db)
+    else:
+        caps = caps or cpu_caps()
+        engine = _explicit_engine(model) if model.backend.info.device == "cpu" else model.backend.info.name
+        if engine not in (None, "openvino"):
+            why = (f"{precision} runs on the OpenVINO backend only, and --backend {engine} was asked for; use "
+                   "--backend auto or openvino (x86)")
+            if precision != "auto":
+                raise ConfigError(f"--precision {precision} refused: {why}.")
+            decision = pc.PrecisionDecision(precision, "fp32", f"auto: f32 ({why})")
+        else:
+            decision = pc.decide(precision, model.card, caps.bf16, caps.bf16_evidence, model.path, threshold_db)
+        if precision == "bf16" and decision.precision != "bf16" and caps.bf16 and pc.bf16_gate(model.card) is None:
+            # no gate in the card: a gate measured now on the run's own real tiles (or recorded beside the model)
+            tiles = sample_tiles(model, calibration) if calibration is not None else None
+            measured = decide_precision(model.path, "bf16", tiles, threshold_db, threads, caps)
+            decision = pc.PrecisionDecision("bf16", measured.precision, measured.reason,
+                                            refused=measured.precision != "bf16")
+        if decision.refused:
+            raise ConfigError(f"--precision {precision} refused: {decision.reason}. Use --precision auto (falls back "
+                              "to f32) or f32.")
+        gate = GateResult(decision.precision, decision.reason, threshold_db=threshold_db)
+        if decision.precision in ("bf16", "int8"):
+            from scopert.runtime.backends.openvino import OpenVinoBackend
+
+            if decision.precision == "bf16":
+                model.backend = OpenVinoBackend(model.path, threads=threads, precision="bf16")
+            else:
+                model.backend = OpenVinoBackend(decision.int8_file, threads=threads, precision="f32")
+                model.backend.info.precision = "int8"
+                model.backend.info.reason += f"; INT8 model {Path(decision.int8_file).name}"
+    log.info("precision %s for %s (%s requested): %s", gate.precision, model.path.name, precision, gate.reason)
     model.backend.info.reason = f"{model.backend.info.reason}; precision {gate.precision}: {gate.reason}"
     model.precision_decision = gate
     return gate

@@ -76,10 +76,15 @@ def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
         assert rec["psnr_db"] > 30 and gate.precision == ("bf16" if rec["psnr_db"] >= 45 else "fp32")
 
 
-def test_load_with_bf16_on_cpu_without_bf16_continues_in_f32(model2d, data_dir, monkeypatch):
+def test_load_with_bf16_on_cpu_without_bf16_is_refused_but_auto_continues(model2d, data_dir, monkeypatch):
+    """Issue 16: an explicit --precision bf16 the CPU cannot honour is a clear refusal; auto runs f32."""
+    from scopert.errors import ConfigError
+
     monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
     img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
-    model = load(model2d, backend="openvino", precision="bf16", calibration=img)
+    with pytest.raises(ConfigError, match="refused: bf16: this CPU has no bf16"):
+        load(model2d, backend="openvino", precision="bf16", calibration=img)
+    model = load(model2d, backend="openvino", precision="auto", calibration=img)
     assert model.backend.info.precision == "fp32"
-    assert model.precision_decision.precision == "fp32" and "does not report bf16" in model.backend.info.reason
+    assert model.precision_decision.precision == "fp32" and "this CPU has no bf16" in model.backend.info.reason
     assert model.predict(img[:128, :128], tile=64).shape == (128, 128)

@@ -1,0 +1,81 @@
+"""Precision ``auto`` (issue 16): bf16 only when the CPU has it AND the card records a passed bf16 gate;
+explicit bf16/int8 refused clearly where not allowed; f32 forces f32. CPU capabilities are faked."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from scopert.card import ModelCard
+from scopert.errors import ConfigError
+from scopert.runtime import load
+from scopert.runtime.bf16_gate import CpuCaps
+from scopert.runtime.precision_choice import decide
+from tests.runtime.graphs import conv_stack
+
+NO_BF16 = CpuCaps("Fake AVX2 CPU", frozenset({"avx2", "fma"}), ("FP32", "INT8"))
+BF16 = CpuCaps("Fake bf16 CPU", frozenset({"avx2", "avx512f", "avx512_bf16"}), ("FP32", "BF16"))
+PASSED = {"psnr_db": 52.3, "threshold_db": 45.0, "passed": True, "tiles": 4, "bf16_ops": 7}
+
+
+def _card(bf16=None, int8=None) -> ModelCard:
+    card = ModelCard.from_dict({"family": "t", "name": "t", "input": {"name": "input", "axes": "bcyx"},
+                                "output": {"name": "output", "axes": "bcyx"}})
+    if bf16 is not None:
+        card.precision["bf16_gate"] = bf16
+    if int8 is not None:
+        card.precision["int8_gate"] = int8
+    return card
+
+
+@pytest.mark.parametrize("cpu_bf16, gate, want, words", [
+    (True, PASSED, "bf16", "gate passed: 52.3 dB >= 45 dB"),
+    (False, PASSED, "fp32", "this CPU has no bf16"),
+    (True, None, "fp32", "records no bf16 gate"),
+    (True, dict(PASSED, psnr_db=44.9), "fp32", "44.9 dB on 4 real tile(s), below 45 dB"),
+    (True, dict(PASSED, bf16_ops=0), "fp32", "no op running in bf16"),
+])
+def test_auto_needs_cpu_and_recorded_gate(cpu_bf16, gate, want, words):
+    d = decide("auto", _card(gate), cpu_bf16, "avx512_bf16" if cpu_bf16 else "")
+    assert d.precision == want and words in d.reason and not d.refused
+
+
+def test_explicit_requests():
+    assert decide("f32", _card(PASSED), True).precision == "fp32"
+    refused = decide("bf16", _card(PASSED), False)
+    assert refused.refused and refused.precision == "fp32"
+    assert decide("bf16", _card(PASSED), True).precision == "bf16"
+    no_gate = decide("int8", _card(), True)
+    assert no_gate.refused and "records no INT8 gate" in no_gate.reason
+    failed = decide("int8", _card(int8={"metric": "psnr_db", "value": 31.0, "threshold": 40.0, "passed": False,
+                                        "file": "m.int8.xml"}), True)
+    assert failed.refused and "INT8 gate failed" in failed.reason
+
+
+def _with_gate(path, gate):
+    proto = onnx.load(str(path))
+    card = ModelCard.from_json(next(p.value for p in proto.metadata_props if p.key == "scopert.card"))
+    card.precision["bf16_gate"] = gate
+    card.embed(proto)
+    onnx.save(proto, str(path))
+
+
+def test_load_auto_swaps_to_bf16_only_with_cpu_and_gate(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    path = tmp_path / "c.onnx"
+    conv_stack(path, ndim=2)
+    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: BF16)
+    model = load(path, backend="openvino", precision="auto")
+    assert model.backend.info.precision == "fp32" and "records no bf16 gate" in model.backend.info.reason
+    with pytest.raises(ConfigError, match="--precision int8 refused"):
+        load(path, backend="openvino", precision="int8")
+    _with_gate(path, PASSED)
+    model = load(path, backend="openvino", precision="auto")
+    assert model.backend.info.precision == "bf16" and "gate passed" in model.precision_decision.reason
+    assert load(path, backend="openvino", precision="f32").backend.info.precision == "fp32"
+    with pytest.raises(ConfigError, match="runs on the OpenVINO backend only"):
+        load(path, backend="ort", device="cpu", precision="bf16")
+    assert load(path, backend="ort", device="cpu", precision="auto").backend.info.name == "ort"
+    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
+    model = load(path, backend="openvino", precision="auto")
+    assert model.backend.info.precision == "fp32" and "this CPU has no bf16" in model.backend.info.reason
