@@ -203,9 +203,10 @@ class GuardedArray:
     loading the whole array is refused up front when it cannot fit in memory. Other attributes pass through.
     """
 
-    def __init__(self, array: Any, where: str) -> None:
+    def __init__(self, array: Any, where: str, before_read: Callable[[Any], None] | None = None) -> None:
         self._array = array
         self._where = where
+        self._before_read = before_read  # e.g. a check of the chunks a read will decode
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -232,6 +233,8 @@ class GuardedArray:
         )
 
     def __getitem__(self, index: Any) -> np.ndarray:
+        if self._before_read is not None:
+            self._before_read(index)
         try:
             return np.asarray(self._array[index])
         except Exception as exc:  # noqa: BLE001 - the library's decoders raise any type on damaged data

@@ -9,6 +9,7 @@ Imports numpy, the standard library, scopert and (lazily) zarr; never torch or o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -66,7 +67,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
             node, name, ome_axes = _open_node(zarr, path, dataset)
             shape, dtype = tuple(int(n) for n in node.shape), np.dtype(node.dtype)
             raw = node.attrs.get("axes", ome_axes)
-            _check_blosc_chunks(node, path / name if name else path)
+            headers = BloscHeaderCheck(node, path / name if name else path)
     except ScopertError:
         raise
     except Exception as e:  # zarr raises many types for a folder that is not a (valid) store
@@ -83,7 +84,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
             log.warning("%s: ignoring axes attribute %r that does not fit shape %s", path, raw, shape)
     log.debug("%s: Zarr array %s %s", path, shape, dtype)
     where = f"{path}:{name}" if name else str(path)
-    return ImageData(array=GuardedArray(node, where), axes=axes, path=path,
+    return ImageData(array=GuardedArray(node, where, before_read=headers), axes=axes, path=path,
                      source_axes=raw if isinstance(raw, str) else None, dataset=name)
 
 
@@ -91,24 +92,45 @@ _CHUNK_KEY = re.compile(r"^(c([./]\d+)*|(c[./])?\d+([./]\d+)*)$")
 _BLOSC_HEADER = 16
 
 
-def _check_blosc_chunks(node: Any, folder: Path) -> None:
+class BloscHeaderCheck:
     """Refuse Blosc chunks whose header does not match the file, before the codec reads past the buffer.
 
     numcodecs' Blosc decoder trusts the compressed size in a chunk's 16-byte header and reads that many
-    bytes: a damaged header crashes the process (a segfault, found by fuzzing). Each chunk file's
-    header must state the file's own length and, without filters, the array's chunk size.
+    bytes: a damaged header crashes the process (a segfault, found by fuzzing). Each chunk file's header
+    must state the file's own length and, without filters, the array's chunk size. Chunks are checked when
+    a read first touches them (once each), so opening a store of a million chunks costs nothing.
     """
-    compressors = tuple(getattr(node, "compressors", ()) or ())
-    if getattr(node, "shards", None) is not None or not folder.is_dir():
-        return
-    if not any(type(c).__name__.lower().startswith("blosc") for c in compressors):
-        return
-    filters = tuple(getattr(node, "filters", ()) or ())
-    chunk_bytes = int(np.prod(node.chunks, dtype=np.int64)) * np.dtype(node.dtype).itemsize
-    for file in sorted(folder.rglob("*")):
-        key = file.relative_to(folder).as_posix()
-        if not file.is_file() or not _CHUNK_KEY.match(key):
-            continue
+
+    def __init__(self, node: Any, folder: Path) -> None:
+        compressors = tuple(getattr(node, "compressors", ()) or ())
+        self.enabled = (getattr(node, "shards", None) is None and folder.is_dir()
+                        and any(type(c).__name__.lower().startswith("blosc") for c in compressors))
+        self.node, self.folder = node, folder
+        self.shape = tuple(int(n) for n in node.shape)
+        self.chunks = tuple(int(c) for c in node.chunks)
+        self.filters = tuple(getattr(node, "filters", ()) or ())
+        self.chunk_bytes = int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(node.dtype).itemsize
+        self.checked: set[tuple[int, ...]] = set()
+
+    def __call__(self, index: Any) -> None:
+        if not self.enabled:
+            return
+        ranges = []
+        for sl, n, c in zip(_as_slices(index, len(self.shape)), self.shape, self.chunks):
+            start, stop, _ = sl.indices(n)
+            if stop <= start:
+                return
+            ranges.append(range(start // c, (stop - 1) // c + 1))
+        for coords in itertools.product(*ranges):
+            if coords not in self.checked:
+                self._check(coords)
+                self.checked.add(coords)
+
+    def _check(self, coords: tuple[int, ...]) -> None:
+        key = self.node.metadata.encode_chunk_key(coords)
+        file = self.folder / key
+        if not file.is_file():
+            return  # never written: zarr returns the fill value
         with open(file, "rb") as f:
             header = f.read(_BLOSC_HEADER)
         size = file.stat().st_size
@@ -119,12 +141,24 @@ def _check_blosc_chunks(node: Any, folder: Path) -> None:
             nbytes, blocksize, cbytes = struct.unpack("<III", header[4:16])
             if cbytes != size:
                 problem = f"its header claims {cbytes} compressed bytes, the file has {size}"
-            elif not filters and nbytes != chunk_bytes:
-                problem = f"its header claims {nbytes} bytes of data, a chunk holds {chunk_bytes}"
+            elif not self.filters and nbytes != self.chunk_bytes:
+                problem = f"its header claims {nbytes} bytes of data, a chunk holds {self.chunk_bytes}"
             elif nbytes and not 0 < blocksize <= nbytes:
                 problem = f"its header claims a block size of {blocksize} for {nbytes} bytes"
         if problem:
-            raise InputError(f"{folder}: chunk {key!r} is damaged ({problem}); copy the store again or re-export it")
+            raise InputError(f"{self.folder}: chunk {key!r} is damaged ({problem}); copy the store again or "
+                             "re-export it")
+
+
+def _as_slices(index: Any, ndim: int) -> list[slice]:
+    """A numpy-style index (ints, slices, one Ellipsis) as one slice per axis."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index):
+        at = next(k for k, i in enumerate(index) if i is Ellipsis)
+        index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (ndim - len(index))
+    return [slice(int(i), int(i) + 1) if isinstance(i, (int, np.integer)) else
+            (i if isinstance(i, slice) else slice(None)) for i in index[:ndim]]
 
 
 def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, str | None]:
