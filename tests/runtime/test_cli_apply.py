@@ -163,7 +163,7 @@ def test_model_file_that_is_not_onnx(w2s_slice, tmp_path):
     expect_clean_error(run_cli("apply", "-m", fake, "-i", w2s_slice, "-o", out), "not an onnx model", out=out)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\x01garbage" * 10)
-    expect_clean_error(run_cli("apply", "-m", garbage, "-i", w2s_slice, "-o", out), "not a valid onnx", out=out)
+    expect_clean_error(run_cli("apply", "-m", garbage, "-i", w2s_slice, "-o", out), "not a readable onnx", out=out)
 
 
 def test_onnx_without_card_needs_axes(models, w2s_slice, tmp_path):
