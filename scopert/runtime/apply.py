@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -87,10 +86,8 @@ class ApplyResult:
 
 
 class SlabVolume:
-    """A TIFF series read lazily along axis 0, safe to share between the pipeline's reader and the writer.
-
-    The last two row ranges read are cached, so the tiles of one row (and the raw channel written beside the
-    restored slab) do not read the same rows again."""
+    """A TIFF series read lazily along axis 0 into buffers of its own (never memory-mapped, so the file's pages
+    do not pile up in the process's memory). The last row range read is kept for the other tiles of its row."""
 
     def __init__(self, reader: TiffSlabReader) -> None:
         self.reader = reader
@@ -98,19 +95,8 @@ class SlabVolume:
         self.dtype = reader.dtype
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape, dtype=np.int64))
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _rows(self, start: int, stop: int) -> tuple[int, np.ndarray]:
-        with self._lock:
-            for (lo, hi), rows in self._cache.items():
-                if lo <= start and stop <= hi:
-                    return lo, rows
-            rows = self.reader.read(start, stop)
-            self._cache[(start, stop)] = rows
-            while len(self._cache) > 2:
-                self._cache.popitem(last=False)
-            return start, rows
+        self._cached: tuple[int, int, np.ndarray] | None = None
+        self._lock = threading.Lock()  # the file handle seeks: one read at a time
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -118,17 +104,23 @@ class SlabVolume:
         if isinstance(first, (int, np.integer)):
             return self[(slice(int(first), int(first) + 1),) + key[1:]][0]
         start, stop, _ = first.indices(self.shape[0])
-        lo, rows = self._rows(start, stop)
-        return rows[(slice(start - lo, stop - lo),) + key[1:]]
+        with self._lock:
+            c = self._cached
+            if c is None or not (c[0] <= start and stop <= c[1]):
+                c = self._cached = (start, stop, self.reader.read(start, stop))
+        return c[2][(slice(start - c[0], stop - c[0]),) + key[1:]]
 
 
-def open_input(path: Path, dataset: str | None) -> ImageData:
-    """Open an input lazily: uncompressed TIFF memory-mapped, compressed TIFF slab by slab, HDF5/Zarr as is."""
+def open_input(path: Path, dataset: str | None, memory_limit: int | None = None) -> ImageData:
+    """Open an input lazily: a TIFF that will be loaded whole (up to ``memory_limit`` bytes, default
+    ``IN_MEMORY_BYTES``) memory-mapped where it is uncompressed, a larger one slab by slab; HDF5/Zarr as is."""
     if path.is_file() and path.name.lower().endswith((".tif", ".tiff")):
         if dataset is not None:
             raise ConfigError(f"--dataset {dataset!r} was given but {path} is a TIFF; drop --dataset.")
         reader = TiffSlabReader(path)
-        if getattr(reader, "_mappable", False):
+        limit = IN_MEMORY_BYTES if memory_limit is None else memory_limit
+        nbytes = int(np.prod(reader.shape, dtype=np.int64)) * reader.dtype.itemsize
+        if getattr(reader, "_mappable", False) and nbytes <= limit:
             reader.close()
             return read_tiff(path, memmap=True)
         return ImageData(array=SlabVolume(reader), axes=reader.axes, path=path, source_axes=reader.source_axes,
@@ -183,7 +175,7 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
         log.info("%s holds the restored image only; the ground truth and output range options shape only "
                  "the restored values", output_path.name)
     check_output_path(output_path, [input_path] + ([gt_path] if gt_path else []))
-    image = open_input(input_path, opts.dataset)
+    image = open_input(input_path, opts.dataset, opts.in_memory_bytes)
     try:
         job = _plan(model, input_path, output_path, gt_path, opts, image, kind)
     except BaseException:
@@ -279,6 +271,14 @@ class _FileSink:
         self.writer.write(tuple(region), data)
 
 
+def _raw_source(job: ApplyJob, array):
+    """The input again for the raw channel: a TIFF read slab by slab gets a reader of its own, which the
+    writer reads plane by plane while the pipeline's reader is rows ahead."""
+    if isinstance(array, SlabVolume):
+        return SlabVolume(TiffSlabReader(job.input_path))
+    return array
+
+
 def _sink_view(array, data_axes: str, sink_axes: str):
     """The input arranged in the sink's axes (channels first), read lazily where the input is lazy."""
     return to_internal(array, data_axes, Layout("", "c", sink_axes[1:]))
@@ -302,11 +302,16 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
     else:
         internal, data_axes, norm = model.prepare(array, job.data_axes, opts.p_min, opts.p_max)
         rp = model.plan_for(internal, data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch, opts.window)
-        raw_view = _sink_view(array, job.data_axes, job.sink_axes) if job.raw_channels else None
-        with open_writer(job.out, stream=stream) as writer:
-            sink = _FileSink(job, writer, None if raw_view is None else
-                             (lambda lo, hi: norm(np.asarray(raw_view[:, lo:hi]))))
-            model._run(internal, norm, rp, sink, progress)
+        raw_source = _raw_source(job, array) if job.raw_channels else None
+        raw_view = None if raw_source is None else _sink_view(raw_source, job.data_axes, job.sink_axes)
+        try:
+            with open_writer(job.out, stream=stream) as writer:
+                sink = _FileSink(job, writer, None if raw_view is None else
+                                 (lambda lo, hi: norm(np.asarray(raw_view[:, lo:hi]))))
+                model._run(internal, norm, rp, sink, progress)
+        finally:
+            if isinstance(raw_source, SlabVolume) and raw_source is not array:
+                raw_source.reader.close()
     seconds = time.perf_counter() - t0
     stats = dict(model.last_stats.__dict__) if model.last_stats else {}
     stats.pop("stages", None)
