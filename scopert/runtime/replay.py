@@ -156,6 +156,16 @@ def latency_thirds(latencies: list[float], q: float = 99) -> list[float]:
     return [float(np.percentile(p, q)) if p.size else float("nan") for p in parts]
 
 
+def _drain(stream) -> None:
+    """Wait until the stream's worker has finished the few frames it still holds (the feeder has closed the
+    stream, so it ends; its output queue is unbounded, so it cannot block). A backend whose worker thread is still
+    inside a run when the interpreter exits aborts the process ("terminate called without an active exception")
+    after the clean Ctrl-C message. FrameStream has no public join, hence its ``_worker``."""
+    worker = getattr(stream, "_worker", None)
+    if worker is not None:
+        worker.join()
+
+
 def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_queue: int = 4,
            output: str | Path | None = None, on_output: Callable[[np.ndarray], None] | None = None,
            total: int | None = None, **predict_kwargs) -> ReplayReport:
@@ -205,6 +215,8 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
     finally:
         stop.set()
         feeder.join()
+        if not ok:
+            _drain(stream)
         if writer is not None:
             writer.close(ok)
     wall = time.perf_counter() - start
