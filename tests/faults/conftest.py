@@ -36,7 +36,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("faults injected (command x fault -> outcome)")
     for command, fault, verdict, outcome in _LEDGER:
-        tr.write_line(f"| {command:<14} | {fault:<34} | {verdict:<12} | {outcome}")
+        tr.write_line(f"| {command:<14} | {fault:<38} | {verdict:<12} | {outcome}")
     survived = sum(1 for row in _LEDGER if row[2] == "survived")
     tr.write_line(f"{len(_LEDGER)} faults injected, {survived} survived")
 

@@ -19,6 +19,7 @@ At the hook's call number ``FAULT_AT`` (1-based) the driver does ``FAULT_ACTION`
 - ``truncate`` / ``unlink``: cut ``FAULT_TARGET`` to half its size / delete it (the input vanishing mid-read).
 
 Every call of the hook also rewrites ``FAULT_COUNT`` (when set) with the number of calls so far.
+``FAULT_APPLY_MEMORY_LIMIT`` lowers apply's in-memory limit, so a small TIFF takes the slab-by-slab path.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def main() -> None:
     hook = os.environ.get("FAULT_HOOK", "")
     if os.environ.get("FAULT_FAKE_TRT"):
         install_fake_tensorrt(int(os.environ.get("FAULT_PLAN_PAD", "0")))
+    if os.environ.get("FAULT_APPLY_MEMORY_LIMIT"):  # make apply read a small TIFF slab by slab, as a large one
+        from scopert.runtime import apply
+
+        apply.IN_MEMORY_BYTES = int(os.environ["FAULT_APPLY_MEMORY_LIMIT"])
     if hook == "ort":
         import onnxruntime
 
