@@ -376,7 +376,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         full = disk_full_cause(exc)
         if isinstance(exc, ScopertError) and (full is None or isinstance(exc, DiskFullError)):
-            click.echo(f"error: {_one_line(exc)}", err=True)
+            click.echo(f"error: {_one_line(exc, 2000)}", err=True)  # its own message: whole, on one line
             sys.exit(exc.exit_code)
         if verbose:
             import traceback
