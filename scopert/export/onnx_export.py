@@ -2,8 +2,9 @@
 
 Steps: load the model (``scopert.training.runfolder.load_model``), trace ``family.export_module`` (or the
 model) with the TorchScript exporter (``dynamo=False``: it needs no onnxscript and writes no external data)
-with dynamic batch, time and spatial axes; ``onnx.checker`` (full check); ONNX Runtime (CPU) vs PyTorch on
-the family's export shapes; the halo measured by ``receptive_field``; the card embedded in
+with dynamic batch, time and spatial axes; ``onnx.checker`` (full check); the graph sanitized with Polygraphy
+(``scopert.export.sanitize``: constants folded, unused nodes and initializers removed, shapes inferred; its
+outputs checked equal to the unsanitized graph's); ONNX Runtime (CPU) vs PyTorch on the family's export shapes; the halo measured by ``receptive_field``; the card embedded in
 ``metadata_props``; the file written atomically (temporary name, then ``os.replace``).
 
 Imports torch, onnx, onnxruntime, ``scopert.training`` and ``scopert.card``; must not import
@@ -72,7 +73,9 @@ def export_run(
 
     with torch.no_grad():
         proto = _export_onnx(module, card, shapes[0], opset, seed)
+    proto, cleaned = _sanitize_checked(proto, card, shapes[0], seed, out_path.name)
     verification = _verify(proto, module, card, shapes, atol, seed)
+    verification["sanitize"] = cleaned
     rf = _measure(module, card, seed) if halo_hint is None else declared_receptive_field(halo_hint, card.input.axes)
 
     card.halo = dict(rf.halo)
@@ -91,7 +94,7 @@ def export_run(
     card.validate(where=str(out_path))
 
     card.embed(proto)
-    _write_atomic(proto, out_path)
+    _write_atomic(proto, out_path, sanitize=False)  # sanitized above, before the verification
     log.info("exported %s: max |onnx - torch| = %.3g, halo %s, tile_invariant=%s", out_path,
              verification["max_abs_error"], card.halo, card.tile_invariant)
     return card
@@ -324,9 +327,41 @@ def _measure(module: Any, card: ModelCard, seed: int) -> RFResult:
                                    divisor=spec.divisor, seed=seed)
 
 
+# ---- sanitizing ----------------------------------------------------------------------------------------
+def _sanitize_checked(proto: Any, card: ModelCard, shape: tuple[int, ...], seed: int, where: str) -> tuple[Any, dict]:
+    """The Polygraphy-sanitized graph, and its report with the max |after - before| on one input (0 expected:
+    folding evaluates the same float32 ops that ONNX Runtime would)."""
+    from scopert.export.sanitize import sanitize_model
+
+    clean, report = sanitize_model(proto, where)
+    x = _sample(card, shape, seed)
+    before, after = (_ort_run(p, card, x) for p in (proto, clean))
+    change = float(np.max(np.abs(after.astype(np.float64) - before))) if before.size else 0.0
+    if not change <= 1e-6 * max(1.0, float(np.max(np.abs(before)))):
+        raise RunError(f"sanitizing {where} changed its output by {change:.3g}; report this with the model (the "
+                       "unsanitized graph is correct, Polygraphy's folding is not).")
+    return clean, {**report.to_dict(), "max_abs_change": change, "shape": list(shape)}
+
+
+def _ort_run(proto: Any, card: ModelCard, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session.run([card.output.name], {card.input.name: x})[0]
+
+
 # ---- writing -------------------------------------------------------------------------------------------
-def _write_atomic(proto: Any, out_path: Path) -> None:
-    """Serialize to ``<out>.tmp`` and rename: an interrupted export never leaves half a model."""
+def _write_atomic(proto: Any, out_path: Path, sanitize: bool = True) -> None:
+    """Serialize to ``<out>.tmp`` and rename: an interrupted export never leaves half a model.
+
+    ``sanitize``: clean the graph with Polygraphy first (every ONNX ``export`` writes loads in ONNX Runtime
+    without a warning); a graph it cannot sanitize is an InputError and nothing is written."""
+    if sanitize:
+        from scopert.export.sanitize import sanitize_model
+
+        proto, _ = sanitize_model(proto, out_path.name)
     try:
         data = proto.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GB
