@@ -6,7 +6,11 @@ with a card (percentile normalization, halo 2, the default 256-pixel tiles: 6 ti
 resident memory is read from /proc/PID/status (VmRSS) 20 times a second and kept as one sample per second:
 the second's lowest reading. Each frame allocates and frees ~5 MB (normalized frame, tiles, ORT buffers), so
 a single reading lands 5 MB higher or lower depending on whether it caught a frame mid-flight; the floor is
-what the process retains between frames, which is what a leak raises. Three checks, on measured numbers:
+what the process retains between frames, which is what a leak raises. The child runs with glibc's mmap
+threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_), so every freed frame-sized buffer goes back to the OS
+at once: with the default, dynamic threshold the heap keeps its high-water mark, which rises in 1-2 MB steps
+whenever a load spike puts more frames in flight (bounded by --max-queue, not a leak, but in a 60 s run one
+step reads as several MB/min). `--default-malloc` measures without it. Three checks, on measured numbers:
 
 - memory: the least-squares slope of the per-second RSS floor after the warm-up is below 1 MB/min (a leak of
   one 1 MB float32 frame per minute would reach it);
@@ -44,6 +48,7 @@ from tests.runtime.graphs import conv_stack  # noqa: E402
 MOVIE = Path("/work/shared/data/trackpy_bulk_water/bulk_water_first40.tif")
 RESULTS = REPO / "benchmarks" / "results"
 RSS_SLOPE_LIMIT_MB_MIN = 1.0
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # freed buffers >= 128 KiB return to the OS at once
 # p99(last third) / p99(first third). A stream that falls behind fills its queue and its latency climbs to
 # max_queue + 1 frame times and beyond (5x the service time at --max-queue 4); a per-frame cost that grows
 # with the run (an O(n) list, a leak the allocator must walk) shows as a steady climb. Scheduler noise on a
@@ -116,7 +121,7 @@ def make_model(folder: Path) -> Path:
 
 def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None = None, with_output: bool = False,
              warmup_s: float | None = None, backend: str = "ort", max_queue: int = 4,
-             work: Path | None = None) -> SoakResult:
+             work: Path | None = None, env: dict[str, str] | None = FIXED_MMAP_THRESHOLD) -> SoakResult:
     """Run the child for ``minutes`` at ``fps`` and evaluate the three checks."""
     frames = max(1, round(minutes * 60.0 * fps))
     warmup_s = warmup_s if warmup_s is not None else min(120.0, max(15.0, 0.2 * minutes * 60.0))
@@ -130,8 +135,9 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
                "--json", str(report_path)]
         cmd += ["-o", str(tmp / "restored.tif")] if with_output else ["--no-output"]
         log_path = tmp / "child.log"
+        child_env = {**os.environ, **(env or {})}
         with open(log_path, "w") as log:
-            child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             samples = sample_rss(child)
         if child.returncode != 0:
             tail = log_path.read_text()[-3000:]
@@ -150,7 +156,7 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
     config = {"minutes": minutes, "fps": fps, "frames": frames, "movie": str(movie), "model": str(model),
               "backend": backend, "max_queue": max_queue, "on_full": "drop",
               "output": "TIFF in a temporary folder" if with_output else "discarded (--no-output)",
-              "command": " ".join(cmd[1:]), "cpus": os.cpu_count(), "load_avg": load_start,
+              "command": " ".join(cmd[1:]), "env": env or {}, "cpus": os.cpu_count(), "load_avg": load_start,
               "load_avg_end": round(os.getloadavg()[0], 1),
               "model_desc": MODEL_DESC if model_given is None else f"the model {model_given}"}
     return SoakResult(config, samples, warmup_s, slope, after[0], samples[-1][1], max(row[2] for row in samples),
@@ -163,7 +169,8 @@ def render_md(res: SoakResult) -> str:
         "# Streaming soak", "",
         f"`scopert stream --replay` in a child process: {c['frames']} frames of the trackpy bulk-water movie "
         f"(40 real 424x640 frames, looped) at {c['fps']:g} fps ({c['minutes']:g} min), {c.get('model_desc', 'a model')} "
-        f"on {c['backend']}, output {c['output']}, on a {c['cpus']}-core machine shared with other work "
+        f"on {c['backend']}, output {c['output']}, malloc {_malloc(c)}, on a {c['cpus']}-core machine shared "
+        "with other work "
         f"(load average {c.get('load_avg', '?')} at the start, {c.get('load_avg_end', '?')} at the end).", "",
         "| check | measured | limit | pass |", "|---|---|---|---|",
         f"| RSS slope after {res.warmup_s:.0f} s warm-up | {res.rss_slope_mb_per_min:+.3f} MB/min | "
@@ -178,9 +185,18 @@ def render_md(res: SoakResult) -> str:
         "The RSS slope is a least-squares fit of one sample per second, the lowest of 20 VmRSS readings (/proc/PID/status) in that second. The latency "
         f"limit: a stream that falls behind fills its queue (max {c['max_queue']}) and its latency climbs to several "
         "frame times, while scheduler noise on a shared CPU moves p99 between thirds by well under 2x.",
-        "", f"Command: `python {c['command']}`", "",
+        "", f"Command: `{_env_prefix(c)}python {c['command']}`", "",
     ]
     return "\n".join(lines)
+
+
+def _env_prefix(config: dict) -> str:
+    return "".join(f"{k}={v} " for k, v in (config.get("env") or {}).items())
+
+
+def _malloc(config: dict) -> str:
+    env = config.get("env") or {}
+    return "with " + ", ".join(f"{k}={v}" for k, v in env.items()) if env else "glibc default"
 
 
 def _ok(checks: dict, word: str) -> str:
@@ -199,9 +215,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, help="Seconds excluded from the RSS fit (default 20%% of the run, "
                                                  "15..120 s).")
     ap.add_argument("--backend", default="ort", choices=["ort", "openvino", "auto"])
+    ap.add_argument("--default-malloc", action="store_true", help="Keep glibc's dynamic mmap threshold (the RSS "
+                                                                  "floor then carries the heap's high-water mark).")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_soak.json", help="Results JSON (a .md beside it).")
     args = ap.parse_args()
-    res = run_soak(args.minutes, args.fps, args.movie, args.model, args.with_output, args.warmup, args.backend)
+    res = run_soak(args.minutes, args.fps, args.movie, args.model, args.with_output, args.warmup, args.backend,
+                   env={} if args.default_malloc else FIXED_MMAP_THRESHOLD)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(res), indent=1))
     args.out.with_suffix(".md").write_text(render_md(res))
