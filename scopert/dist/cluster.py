@@ -135,8 +135,20 @@ def build_jobqueue_cluster(options: dict[str, Any]):
     return cluster, jobs
 
 
+# Worker processes inherit the config they start with. The statistical profiler samples every thread's stack
+# every 10 ms: measurable CPU on small machines, and our blocks time themselves.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
 def make_cluster(spec: ClusterSpec):
     """The cluster object for a local or batch-system spec (None for an existing scheduler's address)."""
+    import dask
+
+    with dask.config.set(WORKER_CONFIG):
+        return _make_cluster(spec)
+
+
+def _make_cluster(spec: ClusterSpec):
     from distributed import LocalCluster
 
     if spec.kind == "local":

@@ -2,7 +2,7 @@
 
 The model is loaded once per worker process, not once per block: ``WorkerCache`` is a ``WorkerPlugin`` that
 holds the loaded models (keyed by the model file's sha256, which the worker checks against the client's) and
-the open inputs and output arrays. Only a small ``VolumeJob`` (paths, the card's options, the fitted
+the open inputs. Only a small ``VolumeJob`` (paths, the card's options, the fitted
 normalization) travels with each task, never the session or the data.
 
 A block reads its crop with halo straight from the input file, runs the same tiled ``Model.predict_to`` a
@@ -55,6 +55,7 @@ class VolumeJob:
 
     model: ModelRef
     input_path: str
+    input_sha256: str  # the ledger's fingerprint: a worker's open input is reused only for the same file
     dataset: str | None
     data_axes: str  # the input's axes
     tiled_axes: str  # the block grid's axes (loop axes, then the model's tiled axes)
@@ -79,15 +80,14 @@ def worker_label() -> str:
 
 
 class WorkerCache(WorkerPlugin):
-    """Per-worker cache of loaded models, open inputs and output arrays (a distributed ``WorkerPlugin``)."""
+    """Per-worker cache of loaded models and open inputs (a distributed ``WorkerPlugin``)."""
 
     name = PLUGIN_NAME
     idempotent = True  # registering it again keeps the loaded models of a long-lived cluster
 
     def __init__(self) -> None:
         self._models: dict[str, tuple[Any, threading.Lock]] = {}
-        self._inputs: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
-        self._arrays: dict[str, Any] = {}
+        self._inputs: OrderedDict[tuple[str, str | None, str], Any] = OrderedDict()
         self._lock: threading.Lock | None = None
         self.threads = 1
         self.loads = 0  # models loaded by this worker (a test checks: once, not once per block)
@@ -108,7 +108,6 @@ class WorkerCache(WorkerPlugin):
             image.close()
         self._inputs.clear()
         self._models.clear()
-        self._arrays.clear()
 
     def _guard(self) -> threading.Lock:
         if self._lock is None:
@@ -135,11 +134,13 @@ class WorkerCache(WorkerPlugin):
                 log.info("worker loaded %s (%s)", Path(ref.path).name, model.backend.info.name)
             return self._models[ref.sha256]
 
-    def input(self, path: str, dataset: str | None) -> Any:
-        """The input opened lazily (memory-mapped TIFF, slab reader, HDF5, Zarr); the last two stay open."""
+    def input(self, path: str, dataset: str | None, fingerprint: str) -> Any:
+        """The input opened lazily (memory-mapped TIFF, slab reader, HDF5, Zarr); the last two stay open.
+
+        Keyed by the file's fingerprint too: a file replaced under the same name is opened again."""
         from scopert.runtime.apply import open_input
 
-        key = (path, dataset)
+        key = (path, dataset, fingerprint)
         with self._guard():
             if key not in self._inputs:
                 self._inputs[key] = open_input(Path(path), dataset)
@@ -147,13 +148,12 @@ class WorkerCache(WorkerPlugin):
                     self._inputs.popitem(last=False)[1].close()
             return self._inputs[key]
 
-    def array(self, level0: str) -> Any:
+    @staticmethod
+    def array(level0: str) -> Any:
+        """The output array, opened per block (a store removed and made again must not meet stale metadata)."""
         import zarr
 
-        with self._guard():
-            if level0 not in self._arrays:
-                self._arrays[level0] = zarr.open_array(store=level0, mode="r+")
-            return self._arrays[level0]
+        return zarr.open_array(store=level0, mode="r+")
 
 
 def worker_cache() -> WorkerCache:
@@ -199,7 +199,7 @@ def compute_block(block: Block, job: VolumeJob, cache: WorkerCache) -> tuple[np.
     from scopert.runtime.stitch import ArraySink
 
     model, lock = cache.model(job.model)
-    image = cache.input(job.input_path, job.dataset)
+    image = cache.input(job.input_path, job.dataset, job.input_sha256)
     ranges = dict(zip(job.tiled_axes, block.read))
     crop = tuple(slice(*ranges[a]) if a in ranges else slice(None) for a in job.data_axes)
     data = np.asarray(image.array[crop])

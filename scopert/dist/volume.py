@@ -157,7 +157,8 @@ def plan_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool, bac
             log.info("--resume: no earlier run of %s; starting from the first block", output.name)
     job = VolumeJob(
         model=ModelRef(str(Path(model.path).absolute()), manifest["model_sha256"], backend, device),
-        input_path=str(Path(apply_job.input_path).absolute()), dataset=opts.dataset,
+        input_path=str(Path(apply_job.input_path).absolute()), input_sha256=manifest["input_sha256"],
+        dataset=opts.dataset,
         data_axes=apply_job.data_axes, tiled_axes=tiled, scales=grid.scale, opts=opts, norm=norm,
         store=str(partial), level0=str(partial / "0"), out_axes=out.axes, sink_axes=apply_job.sink_axes)
     return VolumePlan(job, grid, output, manifest, done, fresh, complete, out, chunks)
