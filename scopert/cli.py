@@ -135,17 +135,33 @@ def info(model_path) -> None:
 @click.option("--calib", multiple=True, type=click.Path(exists=True), help="Real tiles for --gpu-check.")
 @click.option("--reference", type=click.Path(exists=True), default=None,
               help="The FP32 ONNX that --gpu-check compares against (default: the one the FP16 card names).")
-def doctor(gpu_check, calib, reference) -> None:
+@click.option("--save-outputs", type=click.Path(), default=None,
+              help="--gpu-check: also save the tiles and the engine's outputs (Polygraphy JSON) for --compare-saved.")
+@click.option("--compare-saved", type=click.Path(), default=None,
+              help="Compare a saved GPU run with ONNX Runtime FP32 here (no GPU needed); exit 1 if it fails.")
+def doctor(gpu_check, calib, reference, save_outputs, compare_saved) -> None:
     """Report the Python environment, installed backends, the automatic backend choice and GPUs."""
     from scopert.doctor import environment_report
 
+    if save_outputs and not gpu_check:
+        raise ConfigError("--save-outputs saves a --gpu-check run; add --gpu-check MODEL.onnx.")
     for key, value in environment_report().items():
         click.echo(f"{key:>22}: {value}")
     if gpu_check:
         from scopert.export.gpu_check import run_gpu_check
 
-        for key, value in run_gpu_check(gpu_check, list(calib) or None, reference_onnx=reference).items():
+        for key, value in run_gpu_check(gpu_check, list(calib) or None, reference_onnx=reference,
+                                        save_outputs=save_outputs).items():
             click.echo(f"{key:>22}: {value}")
+    if compare_saved:
+        from scopert.errors import RunError
+        from scopert.export.gpu_check import compare_saved as compare
+
+        report = compare(compare_saved, reference_onnx=reference)
+        for key, value in report.items():
+            click.echo(f"{key:>22}: {value}")
+        if report["verdict"] != "PASS":
+            raise RunError(f"the saved GPU run fails against ONNX Runtime FP32: {report['verdict']}.")
 
 
 # ---- training, import, export -------------------------------------------------------------------------

@@ -67,3 +67,60 @@ def test_reference_option_and_missing_reference(fp16_model, tmp_path):
     alone.write_bytes(fp16.read_bytes())
     with pytest.raises(ConfigError, match="FP32 export was not found.*--reference FP32.onnx"):
         find_fp32_reference(alone, card)
+
+
+def test_gpu_outputs_saved_then_compared_on_the_cpu(fp16_model, tmp_path):
+    """--gpu-check --save-outputs on the (fake) GPU; --compare-saved on the CPU gives the same numbers."""
+    from click.testing import CliRunner
+
+    from scopert.cli import cli
+    from scopert.errors import InputError
+    from scopert.export.gpu_check import compare_saved
+
+    src, fp16, calib = fp16_model
+    saved = tmp_path / "runs" / "gpu.json"
+    report = _check(fp16, calib, tmp_path, save_outputs=saved)
+    assert report["saved_outputs"] == str(saved) and report["polygraphy_compare"] == "PASSED"
+    (tmp_path / "cpu").mkdir()
+    moved = tmp_path / "cpu" / "gpu.json"  # another machine: the saved file and the FP32 export only
+    moved.write_bytes(saved.read_bytes())
+    (tmp_path / "cpu" / src.name).write_bytes(src.read_bytes())
+    later = compare_saved(moved)
+    for key in ("psnr_db_vs_ort_fp32", "max_abs_error", "nonfinite", "polygraphy_compare", "verdict"):
+        assert later[key] == report[key], key
+    assert later["gpu"] == report["gpu"] and later["precision"] == "fp16"
+    res = CliRunner().invoke(cli, ["doctor", "--compare-saved", str(moved)])
+    assert res.exit_code == 0 and "verdict: PASS" in res.output and "polygraphy_compare: PASSED" in res.output
+
+    # bad input: a reference from another model, a file that is not a saved run; nothing written
+    other = tmp_path / "other.onnx"
+    conv_stack(other, ndim=2, seed=3, normalization=Normalization(kind="percentile"))
+    before = sorted(p.name for p in (tmp_path / "cpu").iterdir())
+    with pytest.raises(InputError, match="another model.*--reference"):
+        compare_saved(moved, reference_onnx=other)
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "scopert", "doctor", "--compare-saved", str(moved), "--reference",
+                          str(other)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "another model" in res.stderr and "Traceback" not in res.stderr
+    not_saved = tmp_path / "cpu" / "notes.json"
+    not_saved.write_text('{"hello": 1}')
+    with pytest.raises(InputError, match="not a saved GPU run"):
+        compare_saved(not_saved)
+    assert sorted(p.name for p in (tmp_path / "cpu").iterdir()) == sorted(before + ["notes.json"])
+
+
+def test_a_failing_engine_fails_polygraphy_and_our_gate(fp16_model, tmp_path):
+    """An engine whose outputs are wrong (the fake's own kernel, not the model) fails both comparisons."""
+    from scopert.export.gpu_check import compare_saved
+
+    src, fp16, calib = fp16_model
+    rt = FakeCudaRuntimeModule()
+    trt = make_fake_tensorrt("11.4.0.106", rt)  # no ONNX executor: computes 2*mean+1, not the network
+    saved = tmp_path / "bad.json"
+    report = run_gpu_check(src, [calib], tile=(64, 64), batch=2, repeats=2, out_dir=tmp_path / "engines", trt=trt,
+                           cuda=CudaRuntime(rt), save_outputs=saved)
+    assert report["polygraphy_compare"] == "FAILED" and report["verdict"].startswith("FAIL")
+    assert report["psnr_db_vs_ort_fp32"] < 40
+    assert compare_saved(saved, reference_onnx=src)["verdict"].startswith("FAIL")
