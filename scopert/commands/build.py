@@ -42,9 +42,16 @@ def check_build_args(model_path, tile, batch, out_dir, workspace_gb) -> tuple[in
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level (0 fastest build .. 5 slowest, best tactics).")
 @click.option("--rebuild", is_flag=True, help="Build even when a matching engine is cached.")
-def build(model_path, tile, batch, out_dir, workspace_gb, opt_level, rebuild) -> None:
+@click.option("--show-polygraphy", is_flag=True,
+              help="Print the equivalent `polygraphy convert ...` command line (NVIDIA's tool) and build nothing.")
+def build(model_path, tile, batch, out_dir, workspace_gb, opt_level, rebuild, show_polygraphy) -> None:
     """Build a TensorRT engine (10.12+/11.x, strongly typed: FP16 comes from the ONNX) with its sidecar card."""
     sizes = check_build_args(model_path, tile, batch, out_dir, workspace_gb)
+    if show_polygraphy:
+        from scopert.export.trt_builder import show_polygraphy as command
+
+        click.echo(command(model_path, sizes, batch, out_dir=out_dir, workspace_gb=workspace_gb, opt_level=opt_level))
+        return
 
     from scopert.export.trt_builder import build_engine
 

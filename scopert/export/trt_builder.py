@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,6 +347,53 @@ def _write_engine(plan: BuildPlan, card: ModelCard, serialized: bytes, seconds: 
             raise OSError(exc.errno, exc.strerror, str(engine_path)) from exc
         raise
     return card_path
+
+
+# ---- the same build with NVIDIA's tool ----------------------------------------------------------------------
+def polygraphy_command(plan: BuildPlan, trt_version: str | None) -> str:
+    """The ``polygraphy convert`` command line that builds what ``build_engine`` builds for ``plan``.
+
+    Same network flags (``--strongly-typed`` on 10.x; 11.x is always strongly typed), one ``--trt-*-shapes``
+    triple per profile (one per in-flight slot), workspace, optimization level and timing cache; TF32 stays off
+    unless the plan allows it (Polygraphy, like ScopeRT, clears TensorRT's TF32 default without ``--tf32``).
+    ScopeRT's sidecar card and engine-key checks are not part of it: run an engine built this way with
+    ``--backend trt`` only after ``scopert build`` wrote its card."""
+    p = plan.profile
+
+    def shape(dims: tuple[int, ...]) -> str:
+        return f"{p.input_name}:[{','.join(str(int(d)) for d in dims)}]"
+
+    parts = ["polygraphy", "convert", str(plan.onnx_path), "--convert-to", "trt", "-o", str(plan.engine_path)]
+    if trt_version is None or trt_version_tuple(trt_version)[0] < 11:
+        parts.append("--strongly-typed")
+    for _ in range(plan.key.profiles):
+        parts += ["--trt-min-shapes", shape(p.min), "--trt-opt-shapes", shape(p.opt), "--trt-max-shapes", shape(p.max)]
+    parts += ["--pool-limit", f"workspace:{plan.workspace_bytes}", "--builder-optimization-level", str(plan.opt_level),
+              "--load-timing-cache", str(plan.timing_cache_path), "--save-timing-cache", str(plan.timing_cache_path)]
+    if plan.key.tf32:
+        parts.append("--tf32")
+    return shlex.join(parts)
+
+
+def show_polygraphy(onnx_path: str | os.PathLike, tile: tuple[int, ...], batch: int = 1, *,
+                    out_dir: str | os.PathLike = "engines", workspace_gb: float = DEFAULT_WORKSPACE_GB,
+                    opt_level: int = DEFAULT_OPT_LEVEL, slots: int = DEFAULT_PROFILES, tf32: bool = False,
+                    trt: Any = None, gpu: GpuInfo | None = None, cuda: Any = None) -> str:
+    """``scopert build --show-polygraphy``: the command for this machine's GPU and TensorRT when they are here;
+    without them, for an unnamed GPU (the engine and timing-cache names then differ from a real build's)."""
+    version = None
+    if gpu is None:
+        try:
+            trt = trt if trt is not None else import_tensorrt()
+            version = str(trt.__version__)
+            gpu = probe_gpu(version, cuda)
+        except BackendError as exc:
+            log.info("no TensorRT GPU here (%s); the command names an unknown GPU", str(exc).split(";")[0])
+            gpu = GpuInfo("unknown-gpu", "0.0", version or "unknown")
+    else:
+        version = gpu.trt_version
+    plan, _ = make_plan(onnx_path, tile, batch, gpu, out_dir, workspace_gb, opt_level, slots, tf32)
+    return polygraphy_command(plan, version if version and version != "unknown" else None)
 
 
 def describe(result: BuildResult) -> str:

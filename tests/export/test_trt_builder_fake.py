@@ -191,3 +191,61 @@ def test_failed_build_steps_are_named(model, tmp_path, caplog):
 def test_real_build_on_gpu(model, tmp_path):
     res = build_engine(model, (8, 64, 64), 2, out_dir=tmp_path)
     assert res.engine_path.stat().st_size > 0 and res.card_path.exists()
+
+
+def _parse_polygraphy(command: str):
+    """Parse a `polygraphy convert` line with Polygraphy's own argument groups (no TensorRT needed to parse)."""
+    import argparse
+    import shlex
+
+    from polygraphy.tools.args import TrtConfigArgs, TrtLoadNetworkArgs
+    from polygraphy.tools.convert.convert import Convert
+
+    words = shlex.split(command)
+    assert words[:2] == ["polygraphy", "convert"]
+    tool = Convert()
+    parser = argparse.ArgumentParser()
+    tool.setup_parser(parser.add_subparsers())
+    args = parser.parse_args(words[1:])
+    for group in tool.arg_groups.values():
+        group.parse(args)
+    return args, tool.arg_groups[TrtConfigArgs], tool.arg_groups[TrtLoadNetworkArgs]
+
+
+@pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
+def test_show_polygraphy_prints_the_same_build_for_nvidias_tool(model, tmp_path, version):
+    from scopert.export.trt_builder import show_polygraphy
+
+    trt = make_fake_tensorrt(version)
+    out = tmp_path / "engines"
+    command = show_polygraphy(model, (8, 64, 64), 4, out_dir=out, workspace_gb=1, opt_level=2, trt=trt, gpu=_gpu(trt))
+    assert trt.recorder.calls == []  # printing the command calls no TensorRT API
+    res = build_engine(model, (8, 64, 64), 4, out_dir=out, trt=trt, gpu=_gpu(trt), opt_level=2, workspace_gb=1)
+    args, config, network = _parse_polygraphy(command)
+    assert args.output == str(res.engine_path) and args.convert_to == "trt"
+    p = res.key.profile
+    want = {p.input_name: (list(p.min), list(p.opt), list(p.max))}
+    assert config.profile_dicts == [want] * res.key.profiles == [want, want]  # one profile per in-flight slot
+    set_shapes = [c for c in trt.recorder.named("set_shape")]
+    assert len(set_shapes) == len(config.profile_dicts)
+    assert not config.tf32 and not res.key.tf32  # TF32 off in both
+    assert config.builder_optimization_level == 2 and config.load_timing_cache == str(res.timing_cache_path)
+    assert {str(k).split(".")[-1].upper(): v for k, v in config.memory_pool_limits.items()} == {"WORKSPACE": 1 << 30}
+    # strongly typed: the flag on 10.x (as create_network got it), implicit on 11.x (no flag there either)
+    assert bool(network.strongly_typed) == version.startswith("10.")
+    assert ("create_network", (1 << 1) if version.startswith("10.") else 0) in trt.recorder.calls
+
+
+def test_show_polygraphy_on_a_machine_without_tensorrt(model, tmp_path):
+    from click.testing import CliRunner
+
+    from scopert.cli import cli
+
+    out = tmp_path / "store"
+    res = CliRunner().invoke(cli, ["build", str(model), "--tile", "8,64,64", "--batch", "2", "-o", str(out),
+                                   "--show-polygraphy"])
+    assert res.exit_code == 0, res.output
+    line = res.output.strip().splitlines()[-1]
+    args, config, _ = _parse_polygraphy(line)
+    assert len(config.profile_dicts) == 2 and config.profile_dicts[0]["input"][2][0] == 2  # max batch 2
+    assert not any(p.suffix == ".engine" for p in out.rglob("*"))  # nothing built
