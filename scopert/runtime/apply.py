@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scopert.errors import ConfigError, InputError
-from scopert.runtime.io import check_output_path, read_image, read_tiff, to_bit_depth
+from scopert.runtime.io import check_output_path, read_image, to_bit_depth
 from scopert.runtime.io.image import ImageData
 from scopert.runtime.io.outputs import OutputSpec, file_axes, open_writer, output_kind, tiff_format
 from scopert.runtime.io.space import check_free_space
@@ -111,18 +111,14 @@ class SlabVolume:
         return c[2][(slice(start - c[0], stop - c[0]),) + key[1:]]
 
 
-def open_input(path: Path, dataset: str | None, memory_limit: int | None = None) -> ImageData:
-    """Open an input lazily: a TIFF that will be loaded whole (up to ``memory_limit`` bytes, default
-    ``IN_MEMORY_BYTES``) memory-mapped where it is uncompressed, a larger one slab by slab; HDF5/Zarr as is."""
+def open_input(path: Path, dataset: str | None) -> ImageData:
+    """Open an input lazily: TIFF slab by slab with read() calls into buffers of its own (never memory-mapped:
+    a mapped file cut mid-run kills the process with SIGBUS, and mapped pages pile up in its memory), HDF5 and
+    Zarr as they are."""
     if path.is_file() and path.name.lower().endswith((".tif", ".tiff")):
         if dataset is not None:
             raise ConfigError(f"--dataset {dataset!r} was given but {path} is a TIFF; drop --dataset.")
         reader = TiffSlabReader(path)
-        limit = IN_MEMORY_BYTES if memory_limit is None else memory_limit
-        nbytes = int(np.prod(reader.shape, dtype=np.int64)) * reader.dtype.itemsize
-        if getattr(reader, "_mappable", False) and nbytes <= limit:
-            reader.close()
-            return read_tiff(path, memmap=True)
         return ImageData(array=SlabVolume(reader), axes=reader.axes, path=path, source_axes=reader.source_axes,
                          _closer=reader.close)
     if not path.exists():
@@ -175,7 +171,7 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
         log.info("%s holds the restored image only; the ground truth and output range options shape only "
                  "the restored values", output_path.name)
     check_output_path(output_path, [input_path] + ([gt_path] if gt_path else []))
-    image = open_input(input_path, opts.dataset, opts.in_memory_bytes)
+    image = open_input(input_path, opts.dataset)
     try:
         job = _plan(model, input_path, output_path, gt_path, opts, image, kind)
     except BaseException:
