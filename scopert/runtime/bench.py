@@ -24,7 +24,8 @@ TUNE_MAX_VOXELS = 1 << 24  # per batch: keeps a sweep within a few hundred MB
 
 def _random_batch(model: Model, tile: dict[str, int], batch: int) -> np.ndarray:
     """A normalized-range batch in the model's own layout (speed does not depend on the content)."""
-    channels = model.card.input.channels if "c" in model.card.input.axes else 1
+    channels = (model.card.input.time_window or 1) if model.in_layout.channel == "t" else (
+        model.card.input.channels if "c" in model.card.input.axes else 1)
     x = np.random.default_rng(0).uniform(0, 1, (batch, channels) + tuple(tile.values())).astype(np.float32)
     return model.in_layout.to_model(x)
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "cpu_choice.json"
 REPEATS = 3
+SLOW_TILE_S = 1.0  # seconds per tile above which one timed round is enough
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,13 @@ def _write_cache(path: Path, records: dict[str, Any]) -> None:
 
 def time_engines(runners: dict[str, Callable[[], Any]], repeats: int = REPEATS) -> dict[str, float]:
     """Best seconds of each runner after one warm-up, the runners alternating within each repeat."""
-    for run in runners.values():
+    best = {name: float("inf") for name in runners}
+    for name, run in runners.items():  # warm-up (compile, allocate); its time bounds the repeats
+        t0 = time.perf_counter()
         run()
+        best[name] = time.perf_counter() - t0
+    if max(best.values()) > SLOW_TILE_S:  # a slow tile: one timed round keeps the measurement short
+        repeats = 1
     best = {name: float("inf") for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
@@ -153,7 +159,9 @@ def _planned_batch(path: Path, ort_backend: Any) -> np.ndarray | None:
     model = Model(ort_backend, card, path)
     tiled = model.in_layout.tiled
     tile = model.default_tile({ax: 1 << 20 for ax in tiled})
-    channels = card.input.channels if "c" in card.input.axes else 1
+    # the model's channel axis: its channels, or the frame window of a 'btyx' model whose frames are its channels
+    channels = (card.input.time_window or 1) if model.in_layout.channel == "t" else (
+        card.input.channels if "c" in card.input.axes else 1)
     x = np.random.default_rng(0).uniform(0, 1, (1, channels) + tuple(tile[ax] for ax in tiled)).astype(np.float32)
     return model.in_layout.to_model(x)
 
@@ -172,7 +180,7 @@ def open_measured(path: str | Path, threads: int | None = None, why: str = "") -
     ort_backend = OrtBackend(path, device="cpu", threads=threads)
     try:
         batch = _planned_batch(path, ort_backend)
-    except ScopertError as exc:
+    except (ScopertError, ValueError, KeyError) as exc:
         log.debug("backend auto: no measured choice for %s (%s)", path.name, exc)
         batch = None
     if batch is None:
@@ -190,8 +198,10 @@ def open_measured(path: str | Path, threads: int | None = None, why: str = "") -
 
     try:
         picked = decide(key, cache_path(path), measure)
-    except ScopertError as exc:  # OpenVINO cannot compile it: the choice module's fallback handles that
-        log.debug("backend auto: measurement failed for %s (%s)", path.name, exc)
+    except Exception as exc:  # noqa: BLE001 - an engine refuses the planned tile (OpenVINO cannot compile it, a
+        # time-window layout the plan does not fit): no measured choice; the ordered choice and its fallback decide
+        log.info("backend auto: no measured choice for %s (%s: %s)", path.name, type(exc).__name__,
+                 str(exc).splitlines()[0][:200] if str(exc) else "")
         return None
     if picked.backend == "openvino":
         backend = engines.get("openvino")
