@@ -118,7 +118,7 @@ def package_model(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
         raise OutputError(f"the package target {out_path} must end in .zip; give a name such as model.bioimageio.zip.")
     if out_path.is_dir():
         raise OutputError(f"the package target {out_path} is a folder; give a file name such as model.zip.")
-    card = read_card(onnx_path)
+    card = grid_halo(read_card(onnx_path))
     check_packable(card)
     raw = read_sample(card, sample)
     test_in = test_tile(card, raw)
@@ -171,6 +171,27 @@ def check_packable(card: ModelCard) -> None:
 
 
 # ---- card -> description -------------------------------------------------------------------------------
+def grid_halo(card: ModelCard) -> ModelCard:
+    """The card with each halo rounded up so that ``2*halo`` is a multiple of the divisor.
+
+    bioimage.io tools place blocks every ``block - 2*halo`` voxels; the runtime keeps tile cores on the divisor
+    grid. With ``2*halo`` on the grid both place the same blocks (so results agree block for block), and a
+    downsampling model is never cut off its pooling grid. A larger halo only adds context.
+    """
+    halo = {}
+    for ax, h in card.halo.items():
+        d = int(card.input.divisor.get(ax, 1))
+        h = int(h)
+        while (2 * h) % d:
+            h += 1
+        halo[ax] = h
+    if halo != card.halo:
+        card.notes = (f"{card.notes} Packaged for bioimage.io with halo {halo} (measured {card.halo}, rounded up "
+                      "so that 2*halo is a multiple of the divisor).").strip()
+        card.halo = halo
+    return card
+
+
 def size_parameters(card: ModelCard, axis: str) -> tuple[int, int]:
     """(min, step) of a tiled input axis: the smallest tile the runtime accepts, then the divisor."""
     step = int(card.input.divisor.get(axis, 1))

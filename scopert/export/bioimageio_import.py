@@ -71,12 +71,13 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
     card = card_from_description(descr, inp, out)
     proto, notes = _onnx_for(inp, fmt, weights, card, opset)
     pre_ops, post_ops = split_processing(inp, out)
+    stored = (descr.config.model_extra or {}).get("scopert") if descr.config is not None else None
+    if isinstance(stored, dict):  # written by ScopeRT: its card's normalization is the whole preprocessing
+        pre_ops = []
     proto = append_steps(proto, pre_ops, card.input.axes, at_input=True)
     proto = append_steps(proto, post_ops, card.output.axes, at_input=False)
     card.input.name, card.output.name = proto.graph.input[0].name, proto.graph.output[0].name
-
-    stored = (descr.config.model_extra or {}).get("scopert") if descr.config is not None else None
-    if isinstance(stored, dict):  # written by ScopeRT: the card itself, lossless
+    if isinstance(stored, dict):  # the card itself, lossless (checked against the test tensors below)
         card = _stored_card(stored, card, source)
     border = border_note(inp)
     if border:
