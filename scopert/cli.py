@@ -7,6 +7,7 @@ user can cause (``ScopertError``) are printed without a traceback: exit 2 for ba
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -367,6 +368,14 @@ def _interrupted(exc: BaseException) -> int:
     return code
 
 
+def _exit_now(code: int) -> None:
+    """Exit after a full disk without interpreter finalization. The outputs' temporaries are gone by now; the
+    HDF5 library, left with a file whose write failed, crashes (SIGSEGV) when h5py closes its objects at exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Run the CLI: every failure ends in one line on stderr and an exit status, never a bare traceback.
 
@@ -393,6 +402,8 @@ def main() -> None:
         full = disk_full_cause(exc)
         if isinstance(exc, ScopertError) and (full is None or isinstance(exc, DiskFullError)):
             click.echo(f"error: {_one_line(exc, 2000)}", err=True)  # its own message: whole, on one line
+            if full is not None:
+                _exit_now(exc.exit_code)
             sys.exit(exc.exit_code)
         if verbose:
             import traceback
@@ -401,6 +412,7 @@ def main() -> None:
         if full is not None:
             message = f"disk full: {exc}" if isinstance(exc, ScopertError) else disk_full_message(None, full)
             click.echo(f"error: {_one_line(message)}", err=True)
+            _exit_now(1)
         else:
             click.echo(f"error: the run failed with {type(exc).__name__}: {_one_line(exc, 300)} (unexpected: "
                        "rerun with `scopert -v ...` for the traceback and report it)", err=True)

@@ -119,10 +119,6 @@ def test_input_truncated_mid_read(fault_models, reference, tmp_path, ledger):
     np.testing.assert_array_equal(tifffile.imread(out), reference[1]["3d"][0])
 
 
-@pytest.mark.xfail(strict=True, reason="io/hdf5.py Hdf5StreamWriter.__exit__: when File.close() fails on a full disk "
-                   "it raises a fresh OutputError('closing ... failed') without the OSError as cause (exit 2, not "
-                   "named a full disk), and the half-closed h5py objects crash the interpreter at exit (SIGSEGV, "
-                   "exit 139, h5py dealloc errors on stderr)")
 def test_disk_full_writing_hdf5(fault_models, reference, tmp_path, ledger):
     src, out = reference[0]["3d"], tmp_path / "out.h5"
     run = run_scopert(["apply", "-m", fault_models / "m3d.onnx", "-i", src, "-o", out, "-B", "8,64,64",

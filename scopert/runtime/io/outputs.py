@@ -115,7 +115,9 @@ class _Hdf5Writer:
         try:
             self._file.close()
         except BaseException as e:
-            failure = failure or OutputError(f"closing {self.spec.path} failed: {e}")
+            if failure is None:
+                failure = OutputError(f"closing {self.spec.path} failed: {e}")
+                failure.__cause__ = e  # a full disk stays recognizable as one
         if failure is None and self.voxels_written < math.prod(self.spec.shape):
             failure = RunError(f"{self.spec.path}: only part of the image was written; it was not kept")
         if failure is None:
