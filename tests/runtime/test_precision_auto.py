@@ -79,3 +79,17 @@ def test_load_auto_swaps_to_bf16_only_with_cpu_and_gate(tmp_path, monkeypatch):
     monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
     model = load(path, backend="openvino", precision="auto")
     assert model.backend.info.precision == "fp32" and "this CPU has no bf16" in model.backend.info.reason
+
+
+def test_cli_info_says_auto_precision_and_export_int8_needs_gates(tmp_path):
+    from click.testing import CliRunner
+
+    from scopert.cli import cli
+
+    path = tmp_path / "c.onnx"
+    conv_stack(path, ndim=2)
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 0 and "precision auto on this CPU" in res.output
+    assert "records no bf16 gate" in res.output or "has no bf16" in res.output
+    res = CliRunner().invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx"), "--int8"])
+    assert res.exit_code != 0 and "add --cpu-gates" in str(res.exception)
