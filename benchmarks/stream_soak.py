@@ -51,8 +51,10 @@ RSS_SLOPE_LIMIT_MB_MIN = 1.0
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # freed buffers >= 128 KiB return to the OS at once
 # p99(last third) / p99(first third). A stream that falls behind fills its queue and its latency climbs to
 # max_queue + 1 frame times and beyond (5x the service time at --max-queue 4); a per-frame cost that grows
-# with the run (an O(n) list, a leak the allocator must walk) shows as a steady climb. Scheduler noise on a
-# shared CPU moved p99 between thirds by up to ~1.4x in our runs (see the .md), so 2x separates the two.
+# with the run (an O(n) list, a leak the allocator must walk) shows as a steady climb. One-sided: a run that
+# gets faster passes. In our 60-90 s runs p99 moved between thirds by 0.9-1.14x, so 2x separates noise from a
+# slowdown; in the 20-minute runs on the shared 2-core machine it followed the other jobs' load (0.12-0.71x,
+# all getting faster as the load eased), see the .md.
 LATENCY_FACTOR = 2.0
 
 
@@ -182,9 +184,11 @@ def render_md(res: SoakResult) -> str:
         f"RSS: {res.rss_after_warmup_mb:.1f} MB after warm-up, {res.rss_end_mb:.1f} MB at the end, peak "
         f"{res.rss_peak_mb:.1f} MB. Latency p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 {r['latency_p99_s'] * 1e3:.0f} ms; "
         f"verdict: {r['verdict']}.", "",
-        "The RSS slope is a least-squares fit of one sample per second, the lowest of 20 VmRSS readings (/proc/PID/status) in that second. The latency "
-        f"limit: a stream that falls behind fills its queue (max {c['max_queue']}) and its latency climbs to several "
-        "frame times, while scheduler noise on a shared CPU moves p99 between thirds by well under 2x.",
+        "The RSS slope is a least-squares fit of one sample per second, the lowest of 20 VmRSS readings "
+        "(/proc/PID/status) in that second. The latency limit: a stream that falls behind fills its queue "
+        f"(max {c['max_queue']}) and its latency climbs to several frame times; the check is one-sided (a run that "
+        "gets faster passes), and on a shared CPU the p99 of a third follows the other jobs' load as much as the "
+        "stream's own cost.",
         "", f"Command: `{_env_prefix(c)}python {c['command']}`", "",
     ]
     return "\n".join(lines)
