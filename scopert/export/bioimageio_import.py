@@ -331,7 +331,7 @@ def append_steps(proto: Any, steps: list[Any], axes: str, at_input: bool) -> Any
     """Insert fixed elementwise steps after the graph input (``at_input``) or before its output."""
     if not steps:
         return proto
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     graph = proto.graph
     tensor = graph.input[0].name if at_input else graph.output[0].name
@@ -397,7 +397,6 @@ def append_steps(proto: Any, steps: list[Any], axes: str, at_input: bool) -> Any
     else:
         graph.node.extend(nodes)
     graph.initializer.extend(inits)
-    del TensorProto
     return proto
 
 
