@@ -110,6 +110,11 @@ class SlabVolume:
                 c = self._cached = (start, stop, self.reader.read(start, stop))
         return c[2][(slice(start - c[0], stop - c[0]),) + key[1:]]
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``np.asarray(volume)`` reads it whole, like any other array."""
+        whole = self.reader.read(0, self.shape[0])
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
 
 def open_input(path: Path, dataset: str | None) -> ImageData:
     """Open an input lazily: TIFF slab by slab with read() calls into buffers of its own (never memory-mapped:
@@ -288,8 +293,8 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
     nbytes = int(np.prod(job.image.shape, dtype=np.int64)) * np.dtype(job.image.dtype).itemsize
     limit = IN_MEMORY_BYTES if opts.in_memory_bytes is None else opts.in_memory_bytes
     lazy = not job.in_memory and nbytes > limit
-    if not lazy:  # slicing reads every kind of lazy array (slab reader, h5py, zarr) into memory
-        array = np.asarray(array[(slice(None),) * len(job.image.shape)])
+    if not lazy:
+        array = np.asarray(array)
     # TIFF is written page by page: slabs must run along the file's first axis, and that axis must hold pages
     tiff_streams = job.out.axes[0] == job.sink_axes[1] and job.out.axes[0] not in "yx"
     stream = not job.in_memory and (job.out.kind != "tiff" or tiff_streams)
