@@ -135,6 +135,9 @@ class OrtBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
+        # No spin-waiting intra-op threads (issue 16): on a few cores they burned ~40 % more CPU per predict
+        # than the work needs, taken from the pipeline's reader/stitcher threads (benchmarks/ort_spinning.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts,
