@@ -97,3 +97,14 @@ def test_fewer_frames_than_window_is_a_clear_error(tmp_path):
     model = _centre_model(tmp_path)
     with pytest.raises(InputError, match="fewer than the model's time window"):
         list(model.stream([np.zeros((8, 8), np.float32)] * 3))
+
+
+def test_latency_record_is_bounded():
+    """A stream that runs for days keeps the latencies of the last LATENCY_WINDOW outputs only."""
+    from scopert.runtime.stream import LATENCY_WINDOW, StreamStats
+
+    stats = StreamStats()
+    for i in range(LATENCY_WINDOW + 500):
+        stats.latencies.append(float(i))
+    assert len(stats.latencies) == LATENCY_WINDOW
+    assert stats.latency_percentile(0) == 500.0  # the oldest 500 were let go
