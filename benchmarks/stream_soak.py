@@ -16,7 +16,8 @@ step reads as several MB/min). `--default-malloc` measures without it. Three che
   one 1 MB float32 frame per minute would reach it);
 - drops: none silent: received == processed + dropped, every processed frame produced an output, and every
   frame asked for was offered;
-- latency: p99 of the last third of the outputs is within LATENCY_FACTOR of the first third's (see below).
+- latency: p99 of the last third of the outputs is within LATENCY_FACTOR of the first third's, at equal CPU
+  contention (see below).
 
 The restored frames are discarded (`--no-output`): disk growth is not a leak and a 20-minute run at 10 fps
 would write 13 GB. `--with-output` writes them into a temporary folder instead (checked for space first,
@@ -52,10 +53,17 @@ FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # freed buffers >= 
 # p99(last third) / p99(first third). A stream that falls behind fills its queue and its latency climbs to
 # max_queue + 1 frame times and beyond (5x the service time at --max-queue 4); a per-frame cost that grows
 # with the run (an O(n) list, a leak the allocator must walk) shows as a steady climb. One-sided: a run that
-# gets faster passes. In our 60-90 s runs p99 moved between thirds by 0.9-1.14x, so 2x separates noise from a
-# slowdown; in the 20-minute runs on the shared 2-core machine it followed the other jobs' load (0.12-0.71x,
-# all getting faster as the load eased), see the .md.
+# gets faster passes. On the shared 2-core machine the raw ratio followed the other jobs' load (0.12x to 3.2x
+# between thirds of runs of the same stream), so the check divides it by the change in CPU contention
+# (runnable threads per core); at equal contention p99 moved by 0.7-1.14x in our runs, and 2x is the limit.
+# A run under 5 minutes gets 3x: a third of a 60 s run holds 200 outputs, whose p99 is their second-largest
+# latency, so one scheduler stall of a neighbour sets it (2.4x at equal contention seen once in CI).
 LATENCY_FACTOR = 2.0
+LATENCY_FACTOR_SHORT_RUN = 3.0
+
+
+def latency_factor(minutes: float) -> float:
+    return LATENCY_FACTOR if minutes >= 5 else LATENCY_FACTOR_SHORT_RUN
 
 
 @dataclass
@@ -68,7 +76,10 @@ class SoakResult:
     rss_end_mb: float
     rss_peak_mb: float
     report: dict
-    latency_p99_ratio: float
+    latency_p99_ratio: float  # p99 of the last third / p99 of the first third
+    contention_first_last: tuple[float, float] = (1.0, 1.0)  # runnable threads per core, >= 1, in those thirds
+    latency_p99_ratio_adjusted: float = 0.0  # the ratio at equal contention: what the stream itself changed
+    runnable: list[float] = field(default_factory=list)  # mean runnable threads on the machine, per second
     checks: dict = field(default_factory=dict)
     passed: bool = False
 
@@ -95,21 +106,39 @@ def slope_per_min(samples: list[tuple[float, ...]], after_s: float) -> float:
     return float(slope * 60.0)
 
 
-def sample_rss(child: subprocess.Popen, per_second: int = 20) -> list[tuple[float, float, float]]:
-    """(second, lowest MB, highest MB) for every whole second the child ran, from ``per_second`` readings each."""
+def runnable_threads() -> int:
+    """Threads running or waiting for a CPU on the whole machine right now (/proc/loadavg), this reader excluded."""
+    with open("/proc/loadavg") as fh:
+        return max(0, int(fh.read().split()[3].split("/")[0]) - 1)
+
+
+def sample_rss(child: subprocess.Popen, per_second: int = 20,
+               runnable: list[float] | None = None) -> list[tuple[float, float, float]]:
+    """(second, lowest MB, highest MB) for every whole second the child ran, from ``per_second`` readings each.
+
+    ``runnable`` (when given) receives each second's mean number of runnable threads on the machine: CPU demand,
+    which (unlike CPU use) keeps growing past the number of cores."""
     t0 = time.monotonic()
-    samples, current, second = [], [], 0
+    samples, current, queue, second = [], [], [], 0
     while child.poll() is None:
         mb = rss_mb(child.pid)
+        queue.append(runnable_threads())
         now = time.monotonic() - t0
         if int(now) > second:
             if current:
                 samples.append((float(second + 1), round(min(current), 3), round(max(current), 3)))
-            current, second = [], int(now)
+                if runnable is not None:
+                    runnable.append(round(float(np.mean(queue)), 2))
+            current, queue, second = [], [], int(now)
         if mb is not None:
             current.append(mb)
         time.sleep(1.0 / per_second)
     return samples
+
+
+def contention(runnable: np.ndarray, cpus: int) -> float:
+    """How many times slower CPU-bound work runs than with a core to itself: runnable threads per core, >= 1."""
+    return max(1.0, float(np.mean(runnable)) / cpus) if runnable.size else 1.0
 
 
 MODEL_DESC = "a 2-layer 2D conv model (4 channels, halo 2, percentile normalization, 256-pixel tiles)"
@@ -140,7 +169,8 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
         child_env = {**os.environ, **(env or {})}
         with open(log_path, "w") as log:
             child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=child_env)
-            samples = sample_rss(child)
+            runnable: list[float] = []
+            samples = sample_rss(child, runnable=runnable)
         if child.returncode != 0:
             tail = log_path.read_text()[-3000:]
             raise SystemExit(f"the stream child failed (exit {child.returncode}):\n{tail}")
@@ -149,11 +179,19 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
     after = [row[1] for row in samples if row[0] >= warmup_s]
     thirds = report["latency_p99_thirds_s"]
     ratio = thirds[2] / thirds[0]
+    # CPU contention in the first and last third of the stream (the first 3 s load the model): p99 divided by
+    # the contention it ran under is what the stream itself costs; a shared CI machine's load moved the raw p99
+    # by 3x within one minute.
+    demand = np.asarray([q for (t, *_), q in zip(samples, runnable) if t > 3.0], float)
+    parts = np.array_split(demand, 3)
+    slow_first, slow_last = contention(parts[0], os.cpu_count() or 1), contention(parts[2], os.cpu_count() or 1)
+    adjusted = ratio * slow_first / slow_last
     checks = {
         "rss_slope_below_1_mb_per_min": slope < RSS_SLOPE_LIMIT_MB_MIN,
         "no_silent_drops": (report["received"] == report["processed"] + report["dropped"]
                             and report["produced"] == report["processed"] and report["received"] == frames),
-        f"latency_p99_last_third_within_{LATENCY_FACTOR:g}x_first": ratio <= LATENCY_FACTOR,
+        f"latency_p99_last_third_within_{latency_factor(minutes):g}x_first_at_equal_contention":
+            adjusted <= latency_factor(minutes),
     }
     config = {"minutes": minutes, "fps": fps, "frames": frames, "movie": str(movie), "model": str(model),
               "backend": backend, "max_queue": max_queue, "on_full": "drop",
@@ -162,7 +200,8 @@ def run_soak(minutes: float, fps: float, movie: Path = MOVIE, model: Path | None
               "load_avg_end": round(os.getloadavg()[0], 1),
               "model_desc": MODEL_DESC if model_given is None else f"the model {model_given}"}
     return SoakResult(config, samples, warmup_s, slope, after[0], samples[-1][1], max(row[2] for row in samples),
-                      report, ratio, checks, all(checks.values()))
+                      report, ratio, (round(slow_first, 3), round(slow_last, 3)), adjusted, runnable, checks,
+                      all(checks.values()))
 
 
 def render_md(res: SoakResult) -> str:
@@ -180,15 +219,19 @@ def render_md(res: SoakResult) -> str:
         f"| drops | received {r['received']} = processed {r['processed']} + dropped {r['dropped']}; "
         f"produced {r['produced']} | none silent | {_ok(res.checks, 'drops')} |",
         f"| latency p99 by third | {', '.join(f'{v * 1e3:.0f}' for v in r['latency_p99_thirds_s'])} ms "
-        f"(last/first {res.latency_p99_ratio:.2f}x) | <= {LATENCY_FACTOR:g}x | {_ok(res.checks, 'latency')} |", "",
+        f"(last/first {res.latency_p99_ratio:.2f}x; CPU contention {res.contention_first_last[0]:.2f} -> "
+        f"{res.contention_first_last[1]:.2f} runnable threads per core, so {res.latency_p99_ratio_adjusted:.2f}x at "
+        f"equal contention) | <= {latency_factor(c['minutes']):g}x at equal contention | {_ok(res.checks, 'latency')} |",
+        "",
         f"RSS: {res.rss_after_warmup_mb:.1f} MB after warm-up, {res.rss_end_mb:.1f} MB at the end, peak "
         f"{res.rss_peak_mb:.1f} MB. Latency p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 {r['latency_p99_s'] * 1e3:.0f} ms; "
         f"verdict: {r['verdict']}.", "",
         "The RSS slope is a least-squares fit of one sample per second, the lowest of 20 VmRSS readings "
         "(/proc/PID/status) in that second. The latency limit: a stream that falls behind fills its queue "
         f"(max {c['max_queue']}) and its latency climbs to several frame times; the check is one-sided (a run that "
-        "gets faster passes), and on a shared CPU the p99 of a third follows the other jobs' load as much as the "
-        "stream's own cost.",
+        "gets faster passes). On a shared CPU the p99 of a third follows the other jobs' load as much as the "
+        "stream's own cost, so the ratio is divided by the change in CPU contention (runnable threads per core "
+        "from /proc/loadavg, 20 readings a second, at least 1) between the two thirds.",
         "", f"Command: `{_env_prefix(c)}python {c['command']}`", "",
     ]
     return "\n".join(lines)
