@@ -178,7 +178,8 @@ def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_o
                              "psnr_vs_torch_fp32_db": None if k == "torch_fp32" else round(psnr_db(ref, outs[k]), 1)}
     row["openvino_f32_x_ort"] = round(times["ort_fp32"] / times["openvino_f32"], 3)
     # roofline (issue 16): counted FLOPs of this tile, achieved GFLOP/s and fraction of the measured peak
-    count = count_flops(path, tuple(spec["tile"]))
+    window = spec.get("time_window")
+    count = count_flops(path, tuple(spec["tile"]), spec["axes"] if not window or "c" in spec["axes"] else "bcyx")
     row["flops_per_voxel"] = round(count.flops_per_voxel)
     for k, v in row["engines"].items():
         v.update(achieved(count, times[k], (peaks or {}).get("bf16" if k.endswith("bf16") else "f32")))

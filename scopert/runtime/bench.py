@@ -154,7 +154,7 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
     rows = {name: {"seconds": round(best[name], 4), "x_ort": round(best["ort_fp32"] / best[name], 3),
                    "psnr_vs_ort_db": None if name == "ort_fp32" else round(float(psnr_db(outputs["ort_fp32"], out)), 1)}
             for name, out in outputs.items()}
-    roof = roofline_rows(path, x.shape, {name: best[name] for name in rows}, notes)
+    roof = roofline_rows(path, x.shape, {name: best[name] for name in rows}, notes, model.card.output.axes)
     for name, extra in roof.get("engines", {}).items():
         rows[name].update(extra)
     return {"tile": dict(tile), "batch": batch, "engines": rows, "notes": notes,
@@ -162,7 +162,7 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
 
 
 def roofline_rows(path: str | Path, batch_shape: tuple[int, ...], seconds: dict[str, float],
-                  notes: dict[str, str] | None = None) -> dict[str, Any]:
+                  notes: dict[str, str] | None = None, output_axes: str | None = None) -> dict[str, Any]:
     """GFLOP/s and fraction of the measured peak of each timed engine (name ending in its precision:
     ``*_fp32``/``*_f32``, ``*_bf16``, ``*_int8``) on one batch of ``batch_shape``. Needs OpenVINO (it counts
     the FLOPs and measures the peak); without it the note says so and no column is added."""
@@ -170,7 +170,7 @@ def roofline_rows(path: str | Path, batch_shape: tuple[int, ...], seconds: dict[
 
     notes = notes if notes is not None else {}
     try:
-        count = count_flops(path, tuple(batch_shape))
+        count = count_flops(path, tuple(batch_shape), output_axes)
         precisions = {"bf16" if n.endswith("bf16") else "int8" if n.endswith("int8") else "f32" for n in seconds}
         peaks = {p: measure_peak(p) for p in sorted(precisions) if p != "int8"}  # int8: no bf16/f32 MatMul ceiling
     except ScopertError as exc:

@@ -94,8 +94,11 @@ def op_flops(op: Any) -> float:
     return 0.0
 
 
-def count_flops(model_path: str | Path, input_shape: tuple[int, ...]) -> FlopCount:
-    """FLOPs of ``model_path`` (ONNX) for one input batch of ``input_shape`` (model layout, batch first)."""
+def count_flops(model_path: str | Path, input_shape: tuple[int, ...], output_axes: str | None = None) -> FlopCount:
+    """FLOPs of ``model_path`` (ONNX) for one input batch of ``input_shape`` (model layout, batch first).
+
+    ``output_axes`` (the card's, e.g. 'btcyx') says which output axes are voxels (all but 'c'); without it
+    axis 1 is taken as channels."""
     try:
         import openvino as ov
     except ImportError:
@@ -109,9 +112,10 @@ def count_flops(model_path: str | Path, input_shape: tuple[int, ...]) -> FlopCou
         if f:
             by_op[op.get_type_name()] = by_op.get(op.get_type_name(), 0.0) + f
     out = _shape(model.outputs[0])
-    # voxels: batch x spatial (the axes after the channel axis; a 5D 'btcyx' output counts t, y and x)
-    spatial = out[2:] if len(out) > 2 else out[1:]
-    voxels = int(out[0] * np.prod(spatial))
+    if output_axes and len(output_axes) == len(out):  # voxels: every axis but channels ('btcyx' counts t, y, x)
+        voxels = int(np.prod([n for a, n in zip(output_axes, out) if a != "c"]))
+    else:  # batch x the axes after the channel axis
+        voxels = int(out[0] * np.prod(out[2:] if len(out) > 2 else out[1:]))
     return FlopCount(tuple(int(s) for s in input_shape), out, voxels, float(sum(by_op.values())), by_op)
 
 
@@ -129,7 +133,7 @@ class Peak:
                 "how": self.how}
 
 
-def measure_peak(precision: str = "f32", threads: int | None = None, size: int = PEAK_SIZE, repeats: int = 5) -> Peak:
+def measure_peak(precision: str = "f32", threads: int | None = None, size: int = PEAK_SIZE, repeats: int = 10) -> Peak:
     """Best GFLOP/s of an OpenVINO ``size``^3 matrix product at ``precision`` ('f32' or 'bf16')."""
     try:
         import openvino as ov

@@ -56,3 +56,12 @@ def test_peak_and_fraction(tmp_path):
     assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / peak.gflops, rel=1e-2)
     paper = formula_peak(frozenset({"avx2", "fma"}), threads=2)
     assert "8" in paper["f32_lanes"] and "assumed" in paper["fma_units"]
+
+
+def test_time_axis_counts_as_voxels(tmp_path):
+    path = tmp_path / "stack.onnx"
+    conv_stack(path, ndim=2, layers=3, channels=4)
+    per_frame = count_flops(path, (4, 1, 32, 32))  # 4 frames folded into the batch
+    as_btcyx = count_flops(path, (4, 1, 32, 32), output_axes="tcyx")
+    assert as_btcyx.output_voxels == per_frame.output_voxels == 4 * 32 * 32
+    assert as_btcyx.flops_per_voxel == pytest.approx(2 * 216)
