@@ -128,7 +128,7 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
             click.echo(f"  {name:>14}: {row['seconds']:.4f} s per batch, {row['x_ort']:.2f}x ORT FP32, {accuracy}{roof}")
         roofline = result["engines"].get("roofline")
         if roofline:
-            click.echo(f"  {'roofline':>14}: {roofline['flops']['flops_per_voxel'] / 1e6:.3f} MFLOP per output voxel "
+            click.echo(f"  {'roofline':>14}: {roofline['flops']['flops_per_voxel'] / 1e6:.4g} MFLOP per output voxel "
                        f"({roofline['flops']['rule']}); peaks: " + ", ".join(
                            f"{p} {v['gflops']} GFLOP/s ({v['how']})" for p, v in roofline["peaks"].items()))
         for name, note in result["engines"]["notes"].items():
