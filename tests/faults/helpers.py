@@ -63,6 +63,12 @@ def run_scopert(args: list[object], cwd: Path, *, fsize: int | None = None, time
     return Run(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt. A test run started
+    in the background by a non-interactive shell inherits SIGINT ignored, and the signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_scopert(args: list[object], cwd: Path, sig: int, *, at: int = 3, hook: str = "ort",
                       slow: float = 0.2, timeout: float = 120, **extra: object) -> Run:
     """Start ``scopert ARGS``; when the driver marks that the hooked call number ``at`` began (the run is under
@@ -72,7 +78,7 @@ def interrupt_scopert(args: list[object], cwd: Path, sig: int, *, at: int = 3, h
     marker.unlink(missing_ok=True)
     env = child_env(cwd, hook=hook, at=at, action="mark", slow=slow, marker=marker, **extra)
     proc = subprocess.Popen([sys.executable, str(DRIVER), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + timeout
     try:
         while not marker.exists():

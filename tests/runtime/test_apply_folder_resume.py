@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from scopert.card import Normalization
+from tests.faults.helpers import default_sigint
 from tests.runtime.graphs import conv_stack
 
 N = 4  # images in the folder
@@ -36,7 +37,8 @@ def test_interrupted_folder_run_resumes(tmp_path, data_dir, sig):
     assert subprocess.run(_apply(model, src, reference), capture_output=True, timeout=600).returncode == 0
 
     out = tmp_path / "out"
-    child = subprocess.Popen(_apply(model, src, out), stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(_apply(model, src, out), stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while not (out.exists() and any(p.suffix == ".tif" for p in out.iterdir())):  # one file done, the next running
         assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from scopert.errors import ConfigError, InputError, RunError
-from scopert.runtime.io import Hdf5StreamWriter, read_hdf5, read_image, write_hdf5, write_image
+from scopert.runtime.io import read_hdf5, read_image, write_hdf5, write_image
+from scopert.runtime.io.outputs import OutputSpec, open_writer
 
 OVULE = "ovule_3d_seg/pytorch3dunet_sample_patch.h5"
 
@@ -84,31 +85,28 @@ def test_bad_axes_attribute_is_named(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
 
 
-def test_stream_writer_equals_array(tmp_path):
+def test_region_writer_equals_array(tmp_path):
     data = np.random.default_rng(4).integers(0, 1000, size=(10, 24, 20)).astype(np.uint16)
-    out = tmp_path / "s.h5"
-    with Hdf5StreamWriter(out, data.shape, data.dtype, axes="zyx") as w:
+    spec = OutputSpec(tmp_path / "s.h5", "hdf5", "zyx", data.shape, data.dtype)
+    with open_writer(spec) as w:
         for start, stop in ((0, 4), (4, 5), (5, 10)):
-            w.write(data[start:stop])
-    with read_hdf5(out, "predictions") as im:
+            w.write((slice(start, stop), slice(None), slice(None)), data[start:stop])
+    with read_hdf5(tmp_path / "s.h5", "predictions") as im:
         assert im.axes == "zyx"
         np.testing.assert_array_equal(im.array[()], data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
 
 
-def test_stream_writer_interrupted_or_incomplete_leaves_nothing(tmp_path):
+def test_region_writer_interrupted_or_incomplete_leaves_nothing(tmp_path):
     def slabs():
         yield np.zeros((2, 8, 8), np.float32)
         raise OSError("network share went away")
 
     with pytest.raises(OSError, match="share"):
-        with Hdf5StreamWriter(tmp_path / "a.h5", (4, 8, 8), np.float32) as w:
+        with open_writer(OutputSpec(tmp_path / "a.h5", "hdf5", "zyx", (4, 8, 8), np.float32)) as w:
             for s in slabs():
-                w.write(s)
-    with pytest.raises(RunError, match="only 3 of 4 rows"):
-        with Hdf5StreamWriter(tmp_path / "b.h5", (4, 8, 8), np.float32) as w:
-            w.write(np.zeros((3, 8, 8), np.float32))
-    with pytest.raises(ConfigError, match="does not fit"):
-        with Hdf5StreamWriter(tmp_path / "c.h5", (4, 8, 8), np.float32) as w:
-            w.write(np.zeros((1, 8, 7), np.float32))
+                w.write((slice(0, 2),), s)
+    with pytest.raises(RunError, match="only part"):
+        with open_writer(OutputSpec(tmp_path / "b.h5", "hdf5", "zyx", (4, 8, 8), np.float32)) as w:
+            w.write((slice(0, 3),), np.zeros((3, 8, 8), np.float32))
     assert list(tmp_path.iterdir()) == []

@@ -26,7 +26,7 @@ from scopert.runtime import load
 from scopert.runtime.model import tile_input
 from scopert.runtime.normalize import AppliedNormalization
 from scopert.runtime.pipeline import run_pipeline
-from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, _tile_region
+from scopert.runtime.stitch import BlendStitcher, CropStitcher, _tile_region
 from scopert.runtime.tiling import TilePlan, plan_tiles, round_up
 from tests.runtime.graphs import conv_stack, whole_image_reference
 

@@ -17,7 +17,7 @@ from typing import Any
 from scopert.errors import ConfigError
 from scopert.runtime.io.atomic import atomic_path, check_output_path
 from scopert.runtime.io.folder import list_images, output_path_for, plan_batch
-from scopert.runtime.io.hdf5 import Hdf5StreamWriter, read_hdf5, write_hdf5
+from scopert.runtime.io.hdf5 import read_hdf5, write_hdf5
 from scopert.runtime.io.image import (
     SUPPORTED_SUFFIXES,
     ImageData,
@@ -37,7 +37,7 @@ from scopert.runtime.io.tiff import (
 from scopert.runtime.io.zarrstore import read_zarr, write_zarr
 
 __all__ = [
-    "SUPPORTED_SUFFIXES", "ImageData", "Hdf5StreamWriter", "TiffSlabReader", "TiffStreamWriter",
+    "SUPPORTED_SUFFIXES", "ImageData", "TiffSlabReader", "TiffStreamWriter",
     "atomic_path", "check_array", "check_output_path", "image_kind", "list_images", "normalize_axes",
     "output_path_for", "plan_batch", "read_hdf5", "read_image", "read_slab", "read_tiff", "read_zarr",
     "to_bit_depth", "validate_axes", "write_hdf5", "write_image", "write_tiff", "write_zarr",

@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from scopert.errors import OutputError, RunError
 
@@ -152,6 +153,22 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
+
+
+def finish_atomic(atomic: Any, failure: BaseException | None, exc: BaseException | None) -> bool:
+    """End an ``atomic_path`` context that a writer entered in its own ``__enter__``: keep the file when
+    ``failure`` is None, else remove the temporary. Returns False, so that the caller's own exception ``exc``
+    propagates from its ``__exit__``, or raises ``failure`` when that is a new one (an incomplete image)."""
+    if failure is None:
+        atomic.__exit__(None, None, None)
+        return False
+    try:
+        atomic.__exit__(type(failure), failure, failure.__traceback__)
+    except BaseException:
+        pass  # atomic_path re-raises the failure after removing the temporary
+    if failure is exc:
+        return False
+    raise failure
 
 
 def _same_file(a: Path, b: Path) -> bool:

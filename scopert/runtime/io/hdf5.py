@@ -2,8 +2,8 @@
 
 pytorch-3dunet keeps inputs in a dataset called ``raw`` (and labels in ``label``) and writes
 ``predictions``; those are the defaults here. Reads are lazy: ``read_hdf5`` returns the
-``h5py.Dataset`` itself, so a large volume is read slab by slab. Writes are atomic; the
-``Hdf5StreamWriter`` creates the dataset at its final shape and fills it slab by slab.
+``h5py.Dataset`` itself, so a large volume is read slab by slab. Writes are atomic (a run's output is
+filled region by region through ``outputs.open_writer``).
 
 Imports numpy, h5py, the standard library and scopert only (never torch or onnx).
 """
@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from scopert.errors import ConfigError, InputError, OutputError, RunError
+from scopert.errors import ConfigError, InputError, OutputError
 from scopert.runtime.io.atomic import atomic_path
 from scopert.runtime.io.image import ImageData, RUNTIME_AXES, check_fits_in_memory, validate_axes
 
@@ -220,91 +220,3 @@ def write_hdf5(
         except OSError as e:
             raise OutputError(f"writing {path} failed: {e}; check free disk space and permissions") from e
     return path
-
-
-class Hdf5StreamWriter:
-    """Fill one HDF5 dataset of known ``shape`` slab by slab along axis 0, atomically.
-
-    The dataset is created at its final shape (chunked, compressed), so each slab is written
-    and released. If the block raises, or the slabs do not add up to ``shape[0]``, nothing is
-    left at ``path``.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        shape: tuple[int, ...],
-        dtype: Any,
-        dataset: str = "predictions",
-        axes: str | None = None,
-        compression: str | None = "gzip",
-    ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
-        self.dataset = dataset
-        _check_compression(compression)
-        self.axes = validate_axes(axes, len(self.shape)) if axes is not None else None
-        self.compression = compression
-        self.rows_written = 0
-        self._atomic: Any = None
-        self._file: h5py.File | None = None
-        self._ds: h5py.Dataset | None = None
-
-    def __enter__(self) -> Hdf5StreamWriter:
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        try:
-            self._file = h5py.File(tmp, "w")
-            self._ds = _create(self._file, self.dataset, self.shape, self.dtype, self.axes, self.compression)
-        except BaseException as e:
-            if self._file is not None:
-                self._file.close()
-            self._atomic.__exit__(type(e), e, e.__traceback__)
-            if isinstance(e, (ValueError, TypeError)):
-                raise ConfigError(f"cannot create {self.path}:{self.dataset}: {e}") from e
-            raise
-        return self
-
-    def write(self, slab: Any) -> None:
-        """Write ``slab`` (shape ``(k,) + shape[1:]``) at the next rows along axis 0."""
-        if self._ds is None:
-            raise RunError("Hdf5StreamWriter.write() called outside its 'with' block")
-        slab = np.asarray(slab)
-        if slab.ndim != len(self.shape) or slab.shape[1:] != self.shape[1:]:
-            raise ConfigError(
-                f"slab of shape {slab.shape} does not fit a dataset of shape {self.shape}; "
-                f"a slab must have shape (k,) + {self.shape[1:]}"
-            )
-        stop = self.rows_written + slab.shape[0]
-        if stop > self.shape[0]:
-            raise ConfigError(f"slabs overrun axis 0: {self.rows_written} + {slab.shape[0]} rows > {self.shape[0]}")
-        try:
-            self._ds[self.rows_written:stop] = slab
-        except OSError as e:
-            raise OutputError(f"writing {self.path} failed: {e}; check free disk space and permissions") from e
-        self.rows_written = stop
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        assert self._file is not None and self._atomic is not None
-        failure: BaseException | None = exc
-        try:
-            self._file.close()
-        except BaseException as e:
-            failure = failure or OutputError(f"closing {self.path} failed: {e}")
-        self._file = self._ds = None
-        if failure is None and self.rows_written != self.shape[0]:
-            failure = RunError(
-                f"{self.path}: only {self.rows_written} of {self.shape[0]} rows were written; "
-                "the output is incomplete and was not kept"
-            )
-        if failure is None:
-            self._atomic.__exit__(None, None, None)
-            return False
-        try:
-            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
-        except BaseException:
-            pass
-        if failure is exc:
-            return False
-        raise failure

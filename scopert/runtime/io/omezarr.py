@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from scopert.errors import ConfigError, OutputError
-from scopert.runtime.io.atomic import atomic_path
+from scopert.runtime.io.atomic import atomic_path, finish_atomic
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +145,7 @@ class OmeZarrWriter:
             failure = OutputError(f"{self.path}: only {self.voxels_written} of {total} voxels were written; "
                                   "the output is incomplete and was not kept")
         self._array = None
-        if failure is None:
-            self._atomic.__exit__(None, None, None)
-            return False
-        try:
-            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
-        except BaseException:
-            pass  # atomic_path re-raises after removing the temporary
-        if failure is exc:
-            return False
-        raise failure
+        return finish_atomic(self._atomic, failure, exc)
 
 
 def read_multiscales_level0(group: Any) -> tuple[str, str | None]:

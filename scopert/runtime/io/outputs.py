@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from scopert.errors import ConfigError, OutputError, RunError
-from scopert.runtime.io.atomic import _remove, atomic_path, partial_path
+from scopert.runtime.io.atomic import _remove, atomic_path, finish_atomic, partial_path
 from scopert.runtime.io.image import image_kind
 from scopert.runtime.io.omezarr import NGFF_ORDER, OmeZarrWriter
 from scopert.runtime.io.tiff import TiffStreamWriter, write_tiff
@@ -120,16 +120,7 @@ class _Hdf5Writer:
                 failure.__cause__ = e  # a full disk stays recognizable as one
         if failure is None and self.voxels_written < math.prod(self.spec.shape):
             failure = RunError(f"{self.spec.path}: only part of the image was written; it was not kept")
-        if failure is None:
-            self._atomic.__exit__(None, None, None)
-            return False
-        try:
-            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
-        except BaseException:
-            pass
-        if failure is exc:
-            return False
-        raise failure
+        return finish_atomic(self._atomic, failure, exc)
 
 
 class _TiffWriter:

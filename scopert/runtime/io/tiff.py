@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 
 from scopert.errors import ConfigError, InputError, OutputError, RunError, ScopertError
-from scopert.runtime.io.atomic import atomic_path
+from scopert.runtime.io.atomic import atomic_path, finish_atomic
 from scopert.runtime.io.image import ImageData, check_fits_in_memory, normalize_axes, validate_axes
 
 log = logging.getLogger(__name__)
@@ -536,13 +536,4 @@ class TiffStreamWriter:
             except BaseException as e:
                 failure = e
         self._thread = None
-        if failure is None:
-            self._atomic.__exit__(None, None, None)
-            return False
-        try:
-            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
-        except BaseException:
-            pass  # atomic_path re-raises the failure after removing the temporary
-        if failure is exc:
-            return False  # let the caller's own exception propagate
-        raise failure
+        return finish_atomic(self._atomic, failure, exc)
