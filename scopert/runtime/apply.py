@@ -219,7 +219,7 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
                 raise InputError(f"the ground truth {gt_path} has shape {gt.shape}, the input {input_path} has "
                                  f"{shape}; they must match. Pass the GT of this image.")
     in_channels = shape[data_axes.index("c")] if "c" in data_axes else 1
-    if opts.rescale and (card.output.channels != in_channels or centre):
+    if opts.rescale and card.output.channels != in_channels:
         raise ConfigError(f"--rescale fits each restored channel to its ground truth, but this model maps "
                           f"{in_channels} input channel(s) to {card.output.channels}; drop --rescale.")
     same_grid = all(abs(float(s) - 1.0) < 1e-9 for s in card.output.scale.values())
