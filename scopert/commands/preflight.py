@@ -22,6 +22,7 @@ from typing import Iterable
 
 from scopert.card import METADATA_KEY, ModelCard, read_sidecar
 from scopert.errors import CardError, ConfigError, InputError, OutputError, ScopertError
+from scopert.runtime.io.atomic import same_file
 from scopert.runtime.io.space import check_free_space
 
 TIFF_OUT = (".tif", ".tiff")
@@ -130,15 +131,6 @@ def check_writable_folder(folder: str | os.PathLike, option: str, target: str | 
     return folder
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.absolute().resolve() == b.absolute().resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[str],
                       inputs: Iterable[str | os.PathLike | None] = (), create_folder: bool = False) -> Path:
     """An output file: a known suffix, not a folder, none of ``inputs``, in a (creatable) writable folder."""
@@ -148,7 +140,7 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[s
         raise OutputError(f"{option} {path} is a folder; give a file name inside it, e.g. "
                           f"{path / ('out' + tuple(suffixes)[0])}.")
     for inp in inputs:
-        if inp is not None and _same_file(path, Path(inp)):
+        if inp is not None and same_file(path, Path(inp)):
             raise OutputError(f"{option} {path} is also an input ({inp}); inputs are never overwritten: choose "
                               "another output name.")
     check_writable_folder(path.parent, option, path, create=create_folder)

@@ -29,6 +29,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from scopert.dist.blocks import Block
 from scopert.dist.ledger import Ledger
+from scopert.runtime.io.atomic import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +180,10 @@ def _fsync_region(level0: Path, array: Any, region: tuple[slice, ...]) -> None:
     for idx in itertools.product(*spans):
         path = level0.joinpath(*map(str, idx))
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
             folders.add(path.parent)
     for folder in folders:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder)
 
 
 def compute_block(block: Block, job: VolumeJob, cache: WorkerCache) -> tuple[np.ndarray, tuple[slice, ...]]:

@@ -68,7 +68,7 @@ def partial_path(dest: str | os.PathLike[str]) -> Path:
     return dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}"
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -78,14 +78,13 @@ def _remove(path: Path) -> None:
             pass
 
 
-def _fsync_file(path: Path) -> None:
-    """Flush a finished file to disk before the rename, so a crash cannot leave an empty 'complete' file."""
-    if path.is_file():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a crash cannot leave an empty 'complete' file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,7 +105,7 @@ def remove_stale_partials(dest: str | os.PathLike[str]) -> list[Path]:
     for path in dest.parent.glob(f".{dest.name}{PARTIAL_MARK}*"):
         pid = path.name.rsplit(PARTIAL_MARK, 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            _remove(path)
+            remove_path(path)
             removed.append(path)
             log.info("removed %s, left by an earlier run that was killed", path.name)
     return removed
@@ -124,13 +123,14 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(dest)
     tmp = partial_path(dest)
     if tmp.exists() or tmp.is_symlink():
-        _remove(tmp)  # left by an earlier crashed process that had the same pid
+        remove_path(tmp)  # left by an earlier crashed process that had the same pid
     remove_stale_partials(dest)
     try:
         yield tmp
         if not (tmp.exists() or tmp.is_symlink()):
             raise OutputError(f"the writer for {dest} produced no file; this is a bug, please report it")
-        _fsync_file(tmp)
+        if tmp.is_file():
+            fsync_path(tmp)
         if tmp.is_dir() and dest.is_dir():
             # os.replace cannot put a folder over a non-empty folder: move the old one aside first.
             old = dest.parent / f".{dest.name}.old-{os.getpid()}"
@@ -140,7 +140,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, dest)
     except BaseException as exc:
-        _remove(tmp)
+        remove_path(tmp)
         full = disk_full_cause(exc)
         if full is not None and not isinstance(exc, DiskFullError):
             raise DiskFullError(disk_full_message(dest, full)) from exc
@@ -171,8 +171,9 @@ def finish_atomic(atomic: Any, failure: BaseException | None, exc: BaseException
     raise failure
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+def same_file(a: Path, b: Path) -> bool:
+    """The same file: one path, a symlink to it or a hard link."""
+    if a.absolute().resolve() == b.absolute().resolve():
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
@@ -195,7 +196,7 @@ def check_output_path(
     out = Path(out).expanduser()
     for inp in inputs:
         inp = Path(inp).expanduser()
-        if _same_file(out, inp):
+        if same_file(out, inp):
             raise OutputError(
                 f"output {out} is the input {inp}; inputs are never overwritten: "
                 "choose another output name or folder"

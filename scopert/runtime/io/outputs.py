@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from scopert.errors import ConfigError, OutputError, RunError
-from scopert.runtime.io.atomic import _remove, atomic_path, finish_atomic, partial_path
+from scopert.runtime.io.atomic import atomic_path, finish_atomic, partial_path, remove_path
 from scopert.runtime.io.image import image_kind
 from scopert.runtime.io.omezarr import NGFF_ORDER, OmeZarrWriter
 from scopert.runtime.io.tiff import TiffStreamWriter, write_tiff
@@ -176,18 +176,18 @@ class _NoPartialLeft:
         try:
             return self.inner.__enter__()
         except BaseException:
-            _remove(partial_path(self.path))
+            remove_path(partial_path(self.path))
             raise
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         try:
             return self.inner.__exit__(exc_type, exc, tb)
         except BaseException:
-            _remove(partial_path(self.path))
+            remove_path(partial_path(self.path))
             raise
         finally:
             if exc is not None:
-                _remove(partial_path(self.path))
+                remove_path(partial_path(self.path))
 
 
 def open_writer(spec: OutputSpec, stream: bool = True):
