@@ -13,7 +13,7 @@ from pathlib import Path
 from scopert.errors import ConfigError, InputError
 from scopert.runtime.apply import ApplyOptions, plan_apply
 from scopert.runtime.io import check_output_path, list_images, plan_batch
-from scopert.runtime.io.outputs import output_kind
+from scopert.runtime.io.outputs import check_format_option, output_kind
 from scopert.runtime.io.space import check_free_space
 from scopert.runtime.model import Model
 
@@ -36,9 +36,8 @@ def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, f
             raise ConfigError(f"-i {inp} is a folder, so -o must be a folder too (got {out}).")
         if gt is not None and not gt.is_dir():
             raise ConfigError(f"-i {inp} is a folder, so -g must be a folder of ground truths too (got {gt}).")
-        kind = output_kind(out / f"x{out_suffix}") if out_suffix else None
-        if fmt is not None and kind not in (None, "tiff"):
-            raise ConfigError(f"-f {fmt} applies to TIFF outputs, but --suffix {out_suffix} is not TIFF; drop -f.")
+        if out_suffix:
+            check_format_option(output_kind(out / f"x{out_suffix}"), fmt, f"--suffix {out_suffix}")
         check_output_path(out / ".scopert-probe", [inp])
         if out.resolve() == inp.resolve():
             raise ConfigError(f"-o {out} is the input folder; outputs keep the input names, so they would "
@@ -46,10 +45,7 @@ def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, f
         return
     if out_suffix:
         raise ConfigError("--suffix applies to folder runs; for one file, give the suffix in -o.")
-    kind = output_kind(out)
-    if fmt is not None and kind != "tiff":
-        raise ConfigError(f"-f/--output_tiff_format {fmt} applies to TIFF outputs, but {out.name} is "
-                          f"{kind.upper()}; drop -f or write a .tif.")
+    check_format_option(output_kind(out), fmt, out.name)
     check_output_path(out, [inp] + ([gt] if gt else []))
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from scopert.errors import ConfigError, InputError
 from scopert.runtime.io import check_output_path, read_image, to_bit_depth
 from scopert.runtime.io.image import ImageData
-from scopert.runtime.io.outputs import OutputSpec, file_axes, open_writer, output_kind, tiff_format
+from scopert.runtime.io.outputs import (OutputSpec, check_format_option, file_axes, open_writer, output_kind,
+                                         tiff_format)
 from scopert.runtime.io.space import check_free_space
 from scopert.runtime.io.tiff import TiffSlabReader
 from scopert.runtime.layout import Layout, centre_frame_model, resolve_data_axes, split_loop_axes, to_internal
@@ -169,9 +170,7 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
     input_path, output_path = Path(input_path), Path(output_path)
     gt_path = Path(gt_path) if gt_path else None
     kind = output_kind(output_path)
-    if kind != "tiff" and opts.fmt is not None:
-        raise ConfigError(f"-f/--output_tiff_format {opts.fmt} applies to TIFF outputs, but {output_path.name} is "
-                          f"{kind.upper()}; drop -f or write a .tif.")
+    check_format_option(kind, opts.fmt, output_path.name)
     if kind != "tiff" and (gt_path or opts.rescale or opts.normalize_output):
         log.info("%s holds the restored image only; the ground truth and output range options shape only "
                  "the restored values", output_path.name)

@@ -50,6 +50,13 @@ def file_axes(kind: str, axes: str) -> str:
     return "".join(a for a in order if a in axes)
 
 
+def check_format_option(kind: str, fmt: str | None, name: str) -> None:
+    """``-f`` chooses a TIFF flavour: refuse it for another output kind rather than ignore it."""
+    if kind != "tiff" and fmt is not None:
+        raise ConfigError(f"-f/--output_tiff_format {fmt} applies to TIFF outputs, but {name} is {kind.upper()}; "
+                          "drop -f or write a .tif.")
+
+
 def tiff_format(path: Path, fmt: str | None) -> str:
     """The TIFF flavour: ``fmt`` if given, else OME for a '.ome.tif' name and ImageJ otherwise."""
     if fmt is None:
