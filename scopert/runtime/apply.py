@@ -30,7 +30,8 @@ from scopert.runtime.io.outputs import (OutputSpec, check_format_option, file_ax
                                          tiff_format)
 from scopert.runtime.io.space import check_free_space
 from scopert.runtime.io.tiff import TiffSlabReader
-from scopert.runtime.layout import Layout, centre_frame_model, resolve_data_axes, split_loop_axes, to_internal
+from scopert.runtime.layout import (Layout, centre_frame_model, resolve_data_axes, shape_only, split_loop_axes,
+                                   to_internal)
 from scopert.runtime.model import Model
 from scopert.runtime.normalize import fit_normalization
 
@@ -159,10 +160,6 @@ class ApplyJob:
         self.close()
 
 
-def _dummy(shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
-
-
 def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt_path: str | Path | None = None,
                opts: ApplyOptions | None = None) -> ApplyJob:
     """Check every argument, path and size against the model and the input's header; read no pixel data."""
@@ -189,11 +186,11 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
           image: ImageData, kind: str) -> ApplyJob:
     card = model.card
     shape = image.shape
-    data_axes = resolve_data_axes(_dummy(shape), card, opts.axes, image.axes)
+    data_axes = resolve_data_axes(shape_only(shape), card, opts.axes, image.axes)
     loop, _ = split_loop_axes(data_axes, card)
     centre = centre_frame_model(card)
     layout = model.in_layout.with_loop(loop)
-    internal_shape = to_internal(_dummy(shape), data_axes, layout).shape
+    internal_shape = to_internal(shape_only(shape), data_axes, layout).shape
     if centre:
         frames = shape[data_axes.index("t")]
         model.frame_window(frames, 0)  # refuses a movie shorter than the window
@@ -204,8 +201,8 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
         out_internal = (card.output.channels, frames) + tuple(
             int(round(spatial[a] * card.output.scale.get(a, 1.0))) for a in model.out_layout.tiled)
     else:
-        model._check_time_window(_dummy(internal_shape))
-        rp = model.plan_for(_dummy(internal_shape), data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch,
+        model._check_time_window(shape_only(internal_shape))
+        rp = model.plan_for(shape_only(internal_shape), data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch,
                             opts.window)
         n_tiles = rp.plan.n_tiles
         order = layout.all_tiled

@@ -67,6 +67,11 @@ class Layout:
         return batch
 
 
+def shape_only(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero-byte stand-in array of ``shape``, for planning from a file's header before any pixel is read."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+
+
 def centre_frame_model(card: ModelCard) -> bool:
     """True when the model takes a window of frames and returns one frame (no 't' in its output)."""
     return "t" in card.input.axes and "t" not in card.output.axes

@@ -19,7 +19,8 @@ from scopert.card import ModelCard, Normalization, TensorSpec, card_from_metadat
 from scopert.errors import CardError, ConfigError, InputError
 from scopert.runtime.backends import open_backend
 from scopert.runtime.io import check_array
-from scopert.runtime.layout import Layout, centre_frame_model, layouts, resolve_data_axes, split_loop_axes, to_internal
+from scopert.runtime.layout import (Layout, centre_frame_model, layouts, resolve_data_axes, shape_only,
+                                   split_loop_axes, to_internal)
 from scopert.runtime.normalize import AppliedNormalization, fit_normalization
 from scopert.runtime.onnx_file import check_external_data
 from scopert.runtime.pipeline import Inference, PipelineStats, run_pipeline
@@ -288,7 +289,7 @@ class Model:
     def n_tiles(self, shape: tuple[int, ...], axes: str | None = None, tile=None, overlap=None,
                 stitch: str = "auto") -> int:
         """How many tiles a run over an array of ``shape`` will take (for progress bars)."""
-        dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+        dummy = shape_only(shape)
         data_axes = resolve_data_axes(dummy, self.card, axes)
         layout = self.in_layout
         if centre_frame_model(self.card):
