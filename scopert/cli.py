@@ -90,12 +90,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
             calibration = np.asarray(first.array)
     model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
                  calibration=calibration)
-    if is_folder_run(inp):
-        jobs = plan_folder(model, inp, out, gt, opts, out_suffix, overwrite)
-    else:
-        with plan_apply(model, inp, out, gt, opts):
-            pass
-        jobs = [(inp, out, gt)]
+    # A folder's files are all planned before the first runs; one file is planned (below) right before it runs.
+    jobs = plan_folder(model, inp, out, gt, opts, out_suffix, overwrite) if is_folder_run(inp) else [(inp, out, gt)]
     click.echo(f"model {model_path}: {model.card.family} on {model.backend.info.reason}", err=True)
     if cluster:  # scale-out: Dask is imported only here
         from scopert.dist.command import apply_on_cluster
