@@ -205,6 +205,13 @@ def _explicit_engine(model: Any) -> str | None:
     return model.backend.info.name
 
 
+def _swap_backend(model: Any, backend: Any) -> None:
+    """Give ``model`` another backend and close the one it had (its sessions and threads)."""
+    old, model.backend = model.backend, backend
+    if old is not backend:
+        old.close()
+
+
 def apply_precision(model: Any, precision: str, calibration: np.ndarray | None = None,
                     threshold_db: float = DEFAULT_THRESHOLD_DB, threads: int | None = None,
                     caps: CpuCaps | None = None) -> GateResult:
@@ -245,11 +252,17 @@ def apply_precision(model: Any, precision: str, calibration: np.ndarray | None =
             from scopert.runtime.backends.openvino import OpenVinoBackend
 
             if decision.precision == "bf16":
-                model.backend = OpenVinoBackend(model.path, threads=threads, precision="bf16")
+                _swap_backend(model, OpenVinoBackend(model.path, threads=threads, precision="bf16"))
             else:
-                model.backend = OpenVinoBackend(decision.int8_file, threads=threads, precision="f32")
+                _swap_backend(model, OpenVinoBackend(decision.int8_file, threads=threads, precision="f32"))
                 model.backend.info.precision = "int8"
                 model.backend.info.reason += f"; INT8 model {Path(decision.int8_file).name}"
+    if getattr(model.backend, "measure_pending", False):  # f32 after all: the measured CPU choice decides
+        from scopert.runtime.backends.choice import open_openvino
+        from scopert.runtime.backends.measured import open_measured
+
+        why = "f32 after the precision choice"
+        _swap_backend(model, open_measured(model.path, threads, why) or open_openvino(model.path, threads, "f32", why))
     log.info("precision %s for %s (%s requested): %s", gate.precision, model.path.name, precision, gate.reason)
     model.backend.info.reason = f"{model.backend.info.reason}; precision {gate.precision}: {gate.reason}"
     model.precision_decision = gate

@@ -54,7 +54,7 @@ def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes:
             raise InputError(f"{path} is not an ONNX model (it looks like another file type). "
                              "Pass an ONNX file written by `scopert export`.")
         check_external_data(path)  # weights stored beside the model must stay in its folder
-    engine = open_backend(path, backend=backend, device=device, threads=threads)
+    engine = open_backend(path, backend=backend, device=device, threads=threads, precision=precision)
     card = read_sidecar(path) or card_from_metadata(engine.metadata, where=f"{path.name}:metadata")
     if card is None:
         card = _card_from_arguments(path, engine, axes, halo, divisor, scale)

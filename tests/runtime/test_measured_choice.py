@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scopert.runtime import load
-from scopert.runtime.backends.measured import ChoiceKey, cache_path, decide, read_cache
+from scopert.runtime.backends.measured import PROBE_VOXELS, ChoiceKey, cache_path, decide, probe_tile, read_cache
+from scopert.runtime.tiling import round_up
 from tests.runtime.graphs import conv_stack
 
 
@@ -67,3 +71,53 @@ def test_auto_measures_real_engines_once(tmp_path, caplog):
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "backend auto: measured openvino, ort" in text
     assert "cached measurement" in load(path).backend.info.reason
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(sizes=st.lists(st.integers(1, 1024), min_size=1, max_size=3), halo=st.integers(0, 40),
+       divisor=st.sampled_from([1, 2, 4, 8, 16]), limit=st.integers(1, 1 << 20))
+def test_probe_tile_shrinks_within_floor_and_divisor(sizes, halo, divisor, limit):
+    axes = "zyx"[-len(sizes):]
+    floor = {ax: 4 * halo + divisor for ax in axes}
+    tile = {ax: round_up(max(n, floor[ax]), divisor) for ax, n in zip(axes, sizes)}
+    probe = probe_tile(tile, floor, {ax: divisor for ax in axes}, limit)
+    for ax in axes:
+        assert probe[ax] % divisor == 0 and floor[ax] <= probe[ax] <= tile[ax]
+    voxels = int(np.prod(list(probe.values())))
+    # over the limit only when no axis can shrink any more
+    assert voxels <= limit or all(round_up(max(probe[ax] // 2, floor[ax]), divisor) >= probe[ax] for ax in axes)
+
+
+def test_measured_tile_is_capped(tmp_path):
+    pytest.importorskip("openvino")
+    path = tmp_path / "c.onnx"
+    conv_stack(path, ndim=2)  # its card's default tile: 256x256 (65,536 voxels, under the cap)
+    load(path)
+    rec = next(iter(json.loads(cache_path(path).read_text())["records"].values()))
+    assert int(np.prod(rec["input_shape"])) <= PROBE_VOXELS
+
+
+def test_bf16_run_times_no_f32_engines_and_an_f32_run_does(tmp_path, monkeypatch):
+    """--precision auto with a passed gate on a bf16 CPU goes to OpenVINO bf16 without measuring; without the
+    gate the measured f32 choice decides, and the stand-in ONNX Runtime session is closed when replaced."""
+    pytest.importorskip("openvino")
+    from tests.runtime.test_precision_auto import BF16, PASSED, _with_gate
+
+    path = tmp_path / "c.onnx"
+    conv_stack(path, ndim=2)
+    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: BF16)
+    closed = []
+    from scopert.runtime.backends.ort import OrtBackend
+
+    real_close = OrtBackend.close
+    monkeypatch.setattr(OrtBackend, "close", lambda self: (closed.append(self), real_close(self)))
+    model = load(path, precision="auto")  # no gate yet: f32, measured
+    assert model.backend.info.precision == "fp32" and "measured now" in model.backend.info.reason
+    assert cache_path(path).exists()
+    cache_path(path).unlink()
+    _with_gate(path, PASSED)
+    closed.clear()
+    model = load(path, precision="auto")
+    assert model.backend.info.name == "openvino" and model.backend.info.precision == "bf16"
+    assert not cache_path(path).exists()  # nothing measured
+    assert len(closed) == 1 and getattr(closed[0], "measure_pending", False)  # the stand-in, closed

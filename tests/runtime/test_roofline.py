@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scopert.runtime.roofline import achieved, count_flops, formula_peak, measure_peak
+from scopert.runtime.roofline import Peak, achieved, best_peak, count_flops, formula_peak, measure_peak
 from tests.runtime.graphs import conv_stack
 
 pytest.importorskip("openvino")
@@ -56,6 +56,26 @@ def test_peak_and_fraction(tmp_path):
     assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / peak.gflops, rel=1e-2)
     paper = formula_peak(frozenset({"avx2", "fma"}), threads=2)
     assert "8" in paper["f32_lanes"] and "assumed" in paper["fma_units"]
+
+
+@pytest.mark.parametrize("flags, f32, bf16", [
+    ({"avx2", "fma"}, 2 * 8 * 2 * 2 * 2.0, None),  # 2 cores x 8 lanes x 2 FMA x 2 FLOP x 2 GHz
+    ({"avx512f", "avx512_bf16"}, 2 * 16 * 2 * 2 * 2.0, 2 * 2 * 16 * 2 * 2 * 2.0),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, 2 * 16 * 2 * 2 * 2.0, 2 * 1024 * 2.0),
+])
+def test_formula_peak_per_flag_set(tmp_path, flags, f32, bf16):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2000.000\n")
+    paper = formula_peak(frozenset(flags), cpuinfo=cpuinfo, threads=2)
+    assert paper["gflops_f32"] == pytest.approx(f32)
+    assert paper["gflops_bf16"] == (pytest.approx(bf16) if bf16 else None)
+    assert ("amx" in paper["bf16_flop_per_cycle"]) == ("amx_bf16" in flags)
+
+
+def test_best_peak_keeps_the_highest_reading():
+    low, high = Peak("f32", 150.0, 0.02, "start"), Peak("f32", 250.0, 0.01, "end")
+    assert best_peak(low, None, high) is high and best_peak(None) is None
+    assert measure_peak("f32", size=(64, 128), repeats=1).how.endswith("(the best of: 64x64x64 MatMul; 128x128x128 MatMul)")
 
 
 def test_time_axis_counts_as_voxels(tmp_path):

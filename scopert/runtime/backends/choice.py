@@ -199,13 +199,15 @@ def open_openvino(path: str | Path, threads: int | None, precision: str = "f32",
     return backend
 
 
-def open_auto(path: str | Path, device: str = "auto", threads: int | None = None, env: Environment | None = None):
+def open_auto(path: str | Path, device: str = "auto", threads: int | None = None, env: Environment | None = None,
+              precision: str = "f32"):
     """Open the backend ``choose`` picks and log the choice, its precision and why."""
     choice = choose(path, device, env)
     if choice.backend == "openvino":
         from scopert.runtime.backends.measured import open_measured  # issue 16: time ORT vs OpenVINO, cached
 
-        backend = open_measured(path, threads, choice.reason) or open_openvino(path, threads, "f32", choice.reason)
+        backend = (open_measured(path, threads, choice.reason, precision)
+                   or open_openvino(path, threads, "f32", choice.reason))
     elif choice.backend == "ort":
         from scopert.runtime.backends.ort import OrtBackend
 

@@ -2,6 +2,12 @@
 of the planned size and keeps the faster one, because neither wins everywhere (OpenVINO is far ahead on 3D
 convolutions; ONNX Runtime is ahead on some 2D+t transformer nets such as CNNT).
 
+The tiles timed are the planned tile (the card's default) shrunk to at most ``PROBE_VOXELS``: a large 3D
+tile takes tens of seconds per run on two cores, and the engines' ratio hardly depends on the tile's size.
+A run that asked for another precision than f32 gets ONNX Runtime as a stand-in, marked
+``measure_pending``: the precision choice (``bf16_gate.apply_precision``) then swaps in OpenVINO for bf16 or
+INT8 without timing f32 engines it would not use, or asks for the measured f32 choice.
+
 The result is cached in ``engines/cpu_choice.json`` beside the model (the model's own folder when it already
 is an ``engines/`` folder), keyed by the model's sha256, the CPU (model name and vector flags), both engine
 versions, the thread count and the tile shape, and reused by every later run. A record for the same model
@@ -23,11 +29,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scopert.runtime.tiling import round_up
+
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "cpu_choice.json"
 REPEATS = 3
 SLOW_TILE_S = 1.0  # seconds per tile above which one timed round is enough
+PROBE_VOXELS = 1 << 17  # the measured tile's size at most (e.g. 8x128x128, 362x362)
 
 
 @dataclass(frozen=True)
@@ -148,17 +157,29 @@ def decide(key: ChoiceKey, cache: Path, measure: Callable[[], dict[str, float]])
     return MeasuredChoice(pick, seconds, reused=False, stale=stale, cache=str(cache))
 
 
-def _planned_batch(path: Path, ort_backend: Any) -> np.ndarray | None:
-    """One tile of the size a run would plan (the card's default tile), in the model's layout."""
-    from scopert.card import card_from_metadata
-    from scopert.runtime.model import Model
+def probe_tile(tile: dict[str, int], floor: dict[str, int], divisor: dict[str, int],
+               limit: int = PROBE_VOXELS) -> dict[str, int]:
+    """``tile`` shrunk to at most ``limit`` voxels by halving its largest axis, each axis kept a multiple of its
+    divisor and at least ``floor`` (the smallest tile the halo allows)."""
+    tile = dict(tile)
+    while int(np.prod(list(tile.values()))) > limit:
+        shrinkable = [ax for ax in tile if round_up(max(tile[ax] // 2, floor.get(ax, 1)), divisor.get(ax, 1)) < tile[ax]]
+        if not shrinkable:
+            break
+        ax = max(shrinkable, key=lambda a: tile[a])
+        tile[ax] = round_up(max(tile[ax] // 2, floor.get(ax, 1)), divisor.get(ax, 1))
+    return tile
 
-    card = card_from_metadata(ort_backend.metadata, where=f"{path.name}:metadata")
-    if card is None:
-        return None
-    model = Model(ort_backend, card, path)
+
+def _planned_batch(model: Any) -> np.ndarray:
+    """One tile of the size a run would plan (the card's default tile, shrunk to ``PROBE_VOXELS``), in the
+    model's layout."""
+    card = model.card
     tiled = model.in_layout.tiled
     tile = model.default_tile({ax: 1 << 20 for ax in tiled})
+    fixed = {"t"} if model.in_layout.channel == "t" or "t" in tiled and card.input.time_window else set()
+    floor = {ax: (tile[ax] if ax in fixed else 4 * card.halo.get(ax, 0) + card.input.divisor.get(ax, 1)) for ax in tile}
+    tile = probe_tile(tile, floor, card.input.divisor)
     # the model's channel axis: its channels, or the frame window of a 'btyx' model whose frames are its channels
     channels = (card.input.time_window or 1) if model.in_layout.channel == "t" else (
         card.input.channels if "c" in card.input.axes else 1)
@@ -166,24 +187,34 @@ def _planned_batch(path: Path, ort_backend: Any) -> np.ndarray | None:
     return model.in_layout.to_model(x)
 
 
-def open_measured(path: str | Path, threads: int | None = None, why: str = "") -> Any | None:
+def open_measured(path: str | Path, threads: int | None = None, why: str = "", precision: str = "f32") -> Any | None:
     """The faster of ONNX Runtime and OpenVINO f32 on this model's planned tile (cached), opened; or None when
-    there is nothing to measure (ONNX Runtime missing, no card to plan a tile from, OpenVINO cannot run it)."""
+    there is nothing to measure (ONNX Runtime missing, no card to plan a tile from, OpenVINO cannot run it).
+    For a ``precision`` other than f32, ONNX Runtime marked ``measure_pending`` (see the module's note)."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
+    from scopert.card import card_from_metadata
+    from scopert.checksum import sha256_file
     from scopert.errors import ScopertError
     from scopert.runtime.backends.ort import OrtBackend
     from scopert.runtime.bf16_gate import cpu_caps
-    from scopert.checksum import sha256_file
+    from scopert.runtime.model import Model
 
     path = Path(path)
     ort_backend = OrtBackend(path, device="cpu", threads=threads)
     try:
-        batch = _planned_batch(path, ort_backend)
+        card = card_from_metadata(ort_backend.metadata, where=f"{path.name}:metadata")
+        if card is not None and precision not in ("f32", "fp32"):
+            ort_backend.measure_pending = True
+            ort_backend.info.reason += (f"; chosen because: a stand-in until precision {precision} is decided "
+                                        f"({why})")
+            return ort_backend
+        batch = None if card is None else _planned_batch(Model(ort_backend, card, path))
     except (ScopertError, ValueError, KeyError) as exc:
         log.debug("backend auto: no measured choice for %s (%s)", path.name, exc)
         batch = None
     if batch is None:
+        ort_backend.close()
         return None
     n_threads = int(threads or os.cpu_count() or 1)
     key = ChoiceKey(sha256_file(path), cpu_caps(ask_openvino=False).key, engine_versions(), n_threads,
@@ -202,8 +233,11 @@ def open_measured(path: str | Path, threads: int | None = None, why: str = "") -
         # time-window layout the plan does not fit): no measured choice; the ordered choice and its fallback decide
         log.info("backend auto: no measured choice for %s (%s: %s)", path.name, type(exc).__name__,
                  str(exc).splitlines()[0][:200] if str(exc) else "")
+        for engine in engines.values():
+            engine.close()
         return None
     if picked.backend == "openvino":
+        ort_backend.close()
         backend = engines.get("openvino")
         if backend is None:
             from scopert.runtime.backends.openvino import OpenVinoBackend
@@ -211,6 +245,8 @@ def open_measured(path: str | Path, threads: int | None = None, why: str = "") -
             backend = OpenVinoBackend(path, threads=threads, precision="f32")
     else:
         backend = ort_backend
+        if "openvino" in engines:
+            engines["openvino"].close()
     backend.info.reason = f"{backend.info.reason}; chosen because: {picked.reason}" + (f" ({why})" if why else "")
     backend.measured_choice = asdict(picked) | {"key": key.full}
     log.info("backend auto: measured %s on %s: %s", ", ".join(sorted(picked.seconds)), path.name, picked.reason)
