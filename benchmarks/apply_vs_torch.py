@@ -130,8 +130,12 @@ def main() -> None:
         card = read_card(model_path)
         print(f"exported in {export_s:.1f} s; bf16 gate: {gates['bf16_gate']}", flush=True)
         ours, theirs = tmp / "scopert.tif", tmp / "torch.tif"
-        first = scopert_apply(model_path, args.input, ours)  # measures the CPU engines for --backend auto
-        choice = json.loads((model_path.parent / "engines" / "cpu_choice.json").read_text())
+        first = scopert_apply(model_path, args.input, ours)  # an f32 choice would measure the CPU engines here
+        from scopert.runtime import load
+
+        with load(model_path, precision="auto", threads=THREADS) as chosen:  # what the CLI's defaults picked
+            engine = {"backend": chosen.backend.info.name, "precision": chosen.backend.info.precision,
+                      "reason": chosen.backend.info.reason}
         t_ours, t_torch = [], []
         for i in range(args.repeats):
             t_torch.append(torch_apply(run_folder, model_path, args.input, theirs))
@@ -147,7 +151,7 @@ def main() -> None:
         if args.input.is_relative_to(DATA.parent) else str(args.input), "input_shape": shape,
         "model": "default 3D-RCAN, random init (seed 0)" if args.run is None else f"run folder {args.run}",
         "model_config": card.training_config.get("model"), "bf16_gate": gates["bf16_gate"],
-        "cpu_choice": list(choice["records"].values()), "first_scopert_s": round(first, 2),
+        "engine": engine, "first_scopert_s": round(first, 2),
         "scopert_s": [round(t, 2) for t in t_ours], "torch_s": [round(t, 2) for t in t_torch],
         "x_torch": round(min(t_torch) / min(t_ours), 2), "psnr_scopert_vs_torch_db": round(psnr_db(b, a), 1),
         "versions": {"torch": torch.__version__},
@@ -161,9 +165,9 @@ def main() -> None:
           "| | best s | runs s |", "|---|---|---|",
           f"| torch eager FP32 (same reader, tiles, stitcher, writer) | {min(t_torch):.2f} | {result['torch_s']} |",
           f"| `scopert apply` (defaults: --backend auto --precision auto) | {min(t_ours):.2f} | {result['scopert_s']} |",
-          f"| `scopert apply`, first run (measures the CPU engines) | {first:.2f} | |", "",
+          f"| `scopert apply`, first run | {first:.2f} | |", "",
           f"**{result['x_torch']}x torch**, PSNR of ScopeRT's output vs torch's: **{result['psnr_scopert_vs_torch_db']} dB**.",
-          f"Measured CPU choice: {[(r['backend'], r['seconds']) for r in result['cpu_choice']]}."]
+          f"Engine picked by the defaults: {engine['backend']} {engine['precision']} ({engine['reason']})."]
     (args.results / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

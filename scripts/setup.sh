@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[cpu,train,export,dev,dist,bioimageio]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[cpu,train,export,dev,dist,bioimageio,int8]"

@@ -236,7 +236,7 @@ def run_pipeline(plan: TilePlan, read_tile: Callable[[Tile], np.ndarray],
         raise errors[0]
     # Blend counts voxels of overlapping windows; report image voxels instead.
     stats.voxels_in = int(np.prod([p.size for p in plan.plans]))
-    log.info("pipeline: %s", stats.summary())
+    log.debug("pipeline: %s", stats.summary())  # per call (per frame when streaming): DEBUG
     return stats
 
 

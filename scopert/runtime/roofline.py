@@ -220,7 +220,8 @@ def formula_peak(flags: frozenset[str], cpuinfo: str | Path = "/proc/cpuinfo", t
     elif "avx512_bf16" in flags:
         bf16_per_cycle, bf16_source = 2 * f32_per_cycle, f"{2 * f32_per_cycle} (avx512_bf16: 2x the f32 FMA rate)"
     else:
-        bf16_per_cycle, bf16_source = None, "none (neither AMX nor AVX-512 bf16 in cpu flags: bf16 runs at the f32 rate)"
+        bf16_per_cycle = None
+        bf16_source = "none (neither AMX nor AVX-512 bf16 in cpu flags: bf16 runs at the f32 rate)"
 
     def gflops(per_cycle: int | None) -> float | None:
         return round(cores * per_cycle * mhz / 1e3, 1) if mhz and per_cycle else None
