@@ -3,7 +3,8 @@
 Workloads (random weights; accuracy reported against torch FP32): every landed family at its default
 size - rcan in 3D on a 1x1x16x128x128 tile, unet (UNet3D, GroupNorm, f_maps 16, 4 levels) on 1x1x32x128x128,
 blindspot (SHINE 3x3, 3 frames) on 512x512, tagan (ResNet-9 generator) on 256x256, cnnt (16 frames) on 128x128 -
-and a CARE-like 2D U-Net on 1x1x1024x1024. Engines alternate within each repeat (min of repeats), so the ratios hold on a loaded machine.
+and a CARE-like 2D U-Net on 1x1x1024x1024. Engines alternate within each repeat, in a rotating order (min of
+repeats), so the ratios hold on a loaded machine.
 Then a tile/batch sweep of OpenVINO f32 on the 2D model with the tile an auto-tuner would pick (fastest
 Mvox/s), the raw-backend vs ``predict`` (pipeline) efficiency, and end to end ``predict`` with OpenVINO
 against MONAI ``sliding_window_inference`` (torch FP32) at the same tile and overlap on a 3D volume.
@@ -170,10 +171,12 @@ def engines_side_by_side(name: str, spec: dict, path: Path, repeats: int, bf16_o
     with torch.inference_mode():
         for k, fn in runners.items():  # warm-up (compile, allocations)
             outs[k] = fn()
-        for _ in range(repeats):
-            for k, fn in runners.items():
+        names = list(runners)
+        for r in range(repeats):  # the order rotates: no engine always runs right after torch's OpenMP threads
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                time.sleep(0.2)
                 t0 = time.perf_counter()
-                fn()
+                runners[k]()
                 times[k] = min(times[k], time.perf_counter() - t0)
     vox = float(np.prod(spec["tile"]))
     row = {"tile": list(spec["tile"]), "engines": {}, "notes": notes}

@@ -51,8 +51,10 @@ def dice_change(reference: np.ndarray, test: np.ndarray, threshold: float) -> fl
 def is_segmentation(card: Any) -> tuple[bool, float]:
     """Whether the card describes a segmentation output, and the threshold that makes its mask."""
     post = card.postprocess or {}
-    seg = bool(post.get("segmentation") or post.get("threshold") is not None or post.get("kind") == "segmentation"
-               or (card.training_config or {}).get("is_segmentation"))
+    config = card.training_config or {}
+    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+    seg = bool(post.get("segmentation") or post.get("threshold") is not None
+               or config.get("is_segmentation") or model_config.get("is_segmentation"))
     return seg, float(post.get("threshold", 0.5))
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import tifffile
 
-from scopert.card import ModelCard
+from scopert.card import ModelCard, TensorSpec
 from scopert.export.int8 import dice_change, quantize_int8
 from scopert.runtime import load
 from tests.runtime.graphs import conv_stack
@@ -46,3 +46,25 @@ def test_int8_quantized_gated_recorded_and_loaded(tmp_path, data_dir):
     from scopert.runtime.bf16_gate import psnr_db
 
     assert psnr_db(f32.backend.run(x), model.backend.run(x)) == pytest.approx(gate["value"], abs=15)
+
+
+@pytest.mark.parametrize("model_config, segmentation", [
+    ({"name": "UNet2D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "final_sigmoid": True}, True),
+    ({"name": "UNet3D", "in_channels": 1, "out_channels": 2, "f_maps": 16, "final_sigmoid": False}, True),
+    ({"name": "UNet3D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "is_segmentation": False}, False),
+])
+def test_unet_cards_say_segmentation_so_int8_is_judged_by_dice(model_config, segmentation):
+    """A pytorch-3dunet segmentation export ends in its activation: the INT8 gate must use the Dice rule (the
+    ISBI U-Net was judged by PSNR before, because only training_config['model'] said so)."""
+    from scopert.export.int8 import is_segmentation
+    from scopert.training.models.unet import card_fields
+
+    fields = card_fields(model_config)
+    card = ModelCard(family="unet", name="u", input=TensorSpec(**fields["input"]),
+                     output=TensorSpec(**fields["output"]), postprocess=fields["postprocess"])
+    assert is_segmentation(card) == (segmentation, 0.5)
+    if segmentation:
+        assert fields["postprocess"]["activation"] == ("sigmoid" if model_config["final_sigmoid"] else "softmax")
+    older = ModelCard(family="unet", name="u", input=card.input, output=card.output,
+                      training_config={"model": {"is_segmentation": segmentation}})
+    assert is_segmentation(older)[0] == segmentation

@@ -344,7 +344,10 @@ def card_fields(model_config: dict) -> dict:
                   "divisor": {ax: d for ax in cfg.spatial_axes}},
         "output": {"name": "output", "axes": axes, "dtype": "float32", "channels": cfg.out_channels},
         "normalization": {"kind": "minmax", "symmetric": True, "clip": True},
-        "postprocess": {},
+        # the exported graph ends in the final activation: its outputs are probabilities (the INT8 gate judges
+        # them by the Dice change of this mask)
+        "postprocess": {"segmentation": True, "activation": "sigmoid" if cfg.final_sigmoid else "softmax",
+                        "threshold": 0.5} if cfg.is_segmentation else {},
         "tile_invariant": False,
         "default_tile": tile,
     }
