@@ -164,9 +164,11 @@ def main() -> None:
           f"bf16 gate recorded at export on the input's tiles: {gates['bf16_gate']}.", "",
           "| | best s | runs s |", "|---|---|---|",
           f"| torch eager FP32 (same reader, tiles, stitcher, writer) | {min(t_torch):.2f} | {result['torch_s']} |",
-          f"| `scopert apply` (defaults: --backend auto --precision auto) | {min(t_ours):.2f} | {result['scopert_s']} |",
+          f"| `scopert apply` (defaults: --backend auto --precision auto) | {min(t_ours):.2f} | "
+          f"{result['scopert_s']} |",
           f"| `scopert apply`, first run | {first:.2f} | |", "",
-          f"**{result['x_torch']}x torch**, PSNR of ScopeRT's output vs torch's: **{result['psnr_scopert_vs_torch_db']} dB**.",
+          f"**{result['x_torch']}x torch**, PSNR of ScopeRT's output vs torch's: "
+          f"**{result['psnr_scopert_vs_torch_db']} dB**.",
           f"Engine picked by the defaults: {engine['backend']} {engine['precision']} ({engine['reason']})."]
     (args.results / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 import cpu_engines as ce  # noqa: E402
 from scopert.export.int8 import quantize_int8  # noqa: E402
+from scopert.runtime.backends.measured import time_engines  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
 
@@ -128,15 +129,8 @@ def main() -> None:
             if caps.bf16:
                 engines["openvino_bf16"] = OpenVinoBackend(path, precision="bf16")
             runners.update({k: (lambda b=b: b.run(x)) for k, b in engines.items()})
-            best = {k: float("inf") for k in runners}
             with torch.inference_mode():
-                for fn in runners.values():
-                    fn()
-                for _ in range(args.repeats):
-                    for k, fn in runners.items():
-                        t0 = time.perf_counter()
-                        fn()
-                        best[k] = min(best[k], time.perf_counter() - t0)
+                best = time_engines(runners, args.repeats)  # warm-up, then alternating, best of each
             ref = engines["openvino_f32"].run(x)
             row = {"tile": list(spec["tile"]), "gate": q.gate, "seconds": {k: round(v, 4) for k, v in best.items()},
                    "int8_x_torch": round(best["torch_fp32"] / best["openvino_int8"], 2),

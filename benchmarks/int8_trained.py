@@ -21,23 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import h5py  # noqa: E402
 import tifffile  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from scopert.export.int8 import record_cpu_gates  # noqa: E402
 from scopert.export.onnx_export import export_run, read_card  # noqa: E402
 from scopert.export.precision import load_calibration  # noqa: E402
+from scopert.runtime.backends.measured import time_engines  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
 from scopert.training.runfolder import load_model  # noqa: E402
-from tests.training.test_isbi_unet2d import N_TRAIN, isbi_config, load_isbi  # noqa: E402
+from tests.training.test_isbi_unet2d import N_TRAIN, load_isbi, write_isbi_config  # noqa: E402
 
 DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"
 
@@ -67,13 +65,7 @@ def train_isbi_unet(work: Path, minutes: float) -> tuple[Path, Path]:
     from scopert.training.train_unet import train_unet_with_result
 
     raw, membrane = load_isbi(DATA)
-    work.mkdir(parents=True, exist_ok=True)
-    with h5py.File(work / "isbi_train.h5", "w") as f:
-        f["raw"], f["label"] = raw[:N_TRAIN], membrane[:N_TRAIN]
-    with h5py.File(work / "isbi_val.h5", "w") as f:
-        f["raw"], f["label"] = raw[20:N_TRAIN], membrane[20:N_TRAIN]
-    cfg = work / "train_config_2d.yaml"
-    cfg.write_text(yaml.safe_dump(isbi_config(work / "isbi_train.h5", work / "isbi_val.h5", 10_000, minutes)))
+    cfg = write_isbi_config(raw, membrane, work, iters=10_000, time_limit=minutes)
     info, _ = train_unet_with_result(cfg, work / "run", progress=False)
     held_out = work / "isbi_held_out.tif"
     tifffile.imwrite(held_out, raw[N_TRAIN:])
@@ -97,15 +89,8 @@ def measure(name: str, run_folder: Path, held_out: Path, work: Path, repeats: in
     if bf16:
         engines["openvino_bf16"] = OpenVinoBackend(onnx_path, precision="bf16")
     runners.update({k: (lambda b=b: b.run(x)) for k, b in engines.items()})
-    best = {k: float("inf") for k in runners}
     with torch.inference_mode():
-        for fn in runners.values():
-            fn()
-        for _ in range(repeats):
-            for k, fn in runners.items():
-                t1 = time.perf_counter()
-                fn()
-                best[k] = min(best[k], time.perf_counter() - t1)
+        best = time_engines(runners, repeats)  # warm-up, then alternating, best of each
     row = {"tile": list(x.shape), "bf16_gate": gates["bf16_gate"], "int8_gate": gates["int8_gate"],
            "gates_s": round(gate_s, 1), "seconds": {k: round(v, 4) for k, v in best.items()},
            "int8_x_torch": round(best["torch_fp32"] / best["openvino_int8"], 2),

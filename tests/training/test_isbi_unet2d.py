@@ -85,13 +85,9 @@ def isbi_config(train: Path, val: Path, iters: int = ITERS, time_limit: float | 
     }
 
 
-def run_isbi(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float | None = TIME_LIMIT_MIN) -> dict:
-    """Train, export, predict the held-out slices through the runtime; every number of the issue in a dict."""
-    from scopert.export.onnx_export import export_run
-    from scopert.runtime import load
-    from scopert.training.train_unet import train_unet_with_result
-
-    raw, membrane = load_isbi(data_dir)
+def write_isbi_config(raw: np.ndarray, membrane: np.ndarray, work: Path, iters: int = ITERS,
+                      time_limit: float | None = TIME_LIMIT_MIN) -> Path:
+    """The training and validation HDF5 files (slices 0-23 and 20-23) and the YAML config; its path."""
     work.mkdir(parents=True, exist_ok=True)
     with h5py.File(work / "isbi_train.h5", "w") as f:
         f["raw"], f["label"] = raw[:N_TRAIN], membrane[:N_TRAIN]
@@ -99,6 +95,17 @@ def run_isbi(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float |
         f["raw"], f["label"] = raw[20:N_TRAIN], membrane[20:N_TRAIN]
     cfg = work / "train_config_2d.yaml"
     cfg.write_text(yaml.safe_dump(isbi_config(work / "isbi_train.h5", work / "isbi_val.h5", iters, time_limit)))
+    return cfg
+
+
+def run_isbi(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float | None = TIME_LIMIT_MIN) -> dict:
+    """Train, export, predict the held-out slices through the runtime; every number of the issue in a dict."""
+    from scopert.export.onnx_export import export_run
+    from scopert.runtime import load
+    from scopert.training.train_unet import train_unet_with_result
+
+    raw, membrane = load_isbi(data_dir)
+    cfg = write_isbi_config(raw, membrane, work, iters, time_limit)
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     info, result = train_unet_with_result(cfg, work / "run", progress=False)
