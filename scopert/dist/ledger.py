@@ -20,6 +20,7 @@ from typing import Any
 
 from scopert.checksum import sha256_file
 from scopert.errors import OutputError
+from scopert.runtime.io.atomic import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,6 @@ def input_fingerprint(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_durably(path: Path, data: dict[str, Any]) -> None:
     """Write JSON through a temporary name, fsync it, rename it, fsync the folder: all of it or nothing."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -72,7 +65,7 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 @dataclass
