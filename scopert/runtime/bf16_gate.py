@@ -200,7 +200,8 @@ def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str
 
 def _explicit_engine(model: Any) -> str | None:
     """The engine the user named (``--backend ort``), or None when ``auto`` picked it (measured or ordered)."""
-    if getattr(model.backend, "measured_choice", None) is not None or "chosen because" in model.backend.info.reason:
+    if (getattr(model.backend, "measured_choice", None) is not None or getattr(model.backend, "measure_pending", False)
+            or "chosen because" in model.backend.info.reason):
         return None
     return model.backend.info.name
 
@@ -262,7 +263,8 @@ def apply_precision(model: Any, precision: str, calibration: np.ndarray | None =
         from scopert.runtime.backends.measured import open_measured
 
         why = "f32 after the precision choice"
-        _swap_backend(model, open_measured(model.path, threads, why) or open_openvino(model.path, threads, "f32", why))
+        _swap_backend(model, open_measured(model.path, threads, why, ort_backend=model.backend)
+                      or open_openvino(model.path, threads, "f32", why))
     log.info("precision %s for %s (%s requested): %s", gate.precision, model.path.name, precision, gate.reason)
     model.backend.info.reason = f"{model.backend.info.reason}; precision {gate.precision}: {gate.reason}"
     model.precision_decision = gate

@@ -99,7 +99,8 @@ def test_measured_tile_is_capped(tmp_path):
 
 def test_bf16_run_times_no_f32_engines_and_an_f32_run_does(tmp_path, monkeypatch):
     """--precision auto with a passed gate on a bf16 CPU goes to OpenVINO bf16 without measuring; without the
-    gate the measured f32 choice decides, and the stand-in ONNX Runtime session is closed when replaced."""
+    gate the measured f32 choice decides on the stand-in's own ONNX Runtime session, which is closed when
+    replaced."""
     pytest.importorskip("openvino")
     from tests.runtime.test_precision_auto import BF16, PASSED, _with_gate
 
@@ -109,10 +110,13 @@ def test_bf16_run_times_no_f32_engines_and_an_f32_run_does(tmp_path, monkeypatch
     closed = []
     from scopert.runtime.backends.ort import OrtBackend
 
-    real_close = OrtBackend.close
+    real_close, real_init, opened = OrtBackend.close, OrtBackend.__init__, []
     monkeypatch.setattr(OrtBackend, "close", lambda self: (closed.append(self), real_close(self)))
+    monkeypatch.setattr(OrtBackend, "__init__",
+                        lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
     model = load(path, precision="auto")  # no gate yet: f32, measured
     assert model.backend.info.precision == "fp32" and "measured now" in model.backend.info.reason
+    assert len(opened) == 1  # the stand-in's ONNX Runtime session is the one the measurement used
     assert cache_path(path).exists()
     cache_path(path).unlink()
     _with_gate(path, PASSED)

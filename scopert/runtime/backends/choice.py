@@ -218,6 +218,9 @@ def open_auto(path: str | Path, device: str = "auto", threads: int | None = None
 
         backend = REGISTRY["trt"].load_opener()(choice.engine_path, device="cuda", threads=threads)
         backend.info.reason = f"{backend.info.reason}; chosen because: {choice.reason}"
-    log.info("backend auto: %s on %s, precision %s (%s)", backend.info.name, backend.info.device,
-             backend.info.precision, backend.info.reason)
+    if getattr(backend, "measure_pending", False):
+        log.debug("backend auto: decided once precision %s is (ONNX Runtime holds the model meanwhile)", precision)
+    else:
+        log.info("backend auto: %s on %s, precision %s (%s)", backend.info.name, backend.info.device,
+                 backend.info.precision, backend.info.reason)
     return backend

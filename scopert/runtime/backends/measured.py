@@ -191,10 +191,12 @@ def _planned_batch(model: Any) -> np.ndarray:
     return model.in_layout.to_model(x)
 
 
-def open_measured(path: str | Path, threads: int | None = None, why: str = "", precision: str = "f32") -> Any | None:
+def open_measured(path: str | Path, threads: int | None = None, why: str = "", precision: str = "f32",
+                  ort_backend: Any | None = None) -> Any | None:
     """The faster of ONNX Runtime and OpenVINO f32 on this model's planned tile (cached), opened; or None when
     there is nothing to measure (ONNX Runtime missing, no card to plan a tile from, OpenVINO cannot run it).
-    For a ``precision`` other than f32, ONNX Runtime marked ``measure_pending`` (see the module's note)."""
+    For a ``precision`` other than f32, ONNX Runtime marked ``measure_pending`` (see the module's note); that
+    stand-in, passed back as ``ort_backend``, is the ONNX Runtime session the measurement then uses."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     from scopert.card import card_from_metadata
@@ -205,13 +207,12 @@ def open_measured(path: str | Path, threads: int | None = None, why: str = "", p
     from scopert.runtime.model import Model
 
     path = Path(path)
-    ort_backend = OrtBackend(path, device="cpu", threads=threads)
+    ort_backend = ort_backend or OrtBackend(path, device="cpu", threads=threads)
+    ort_backend.measure_pending = False
     try:
         card = card_from_metadata(ort_backend.metadata, where=f"{path.name}:metadata")
         if card is not None and precision not in ("f32", "fp32"):
             ort_backend.measure_pending = True
-            ort_backend.info.reason += (f"; chosen because: a stand-in until precision {precision} is decided "
-                                        f"({why})")
             return ort_backend
         batch = None if card is None else _planned_batch(Model(ort_backend, card, path))
     except (ScopertError, ValueError, KeyError) as exc:
