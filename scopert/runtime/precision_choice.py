@@ -76,16 +76,16 @@ def decide(requested: str, card: Any, cpu_bf16: bool, cpu_evidence: str = "", mo
     if requested == "int8":
         gate = int8_gate(card)
         if gate is None:
-            return PrecisionDecision(requested, "fp32", "int8 refused: the card records no INT8 gate; quantize and gate "
+            return PrecisionDecision(requested, "fp32", "the card records no INT8 gate; quantize and gate "
                                      "it on real tiles with `scopert export RUN -o M.onnx --cpu-gates --int8 --calib "
                                      "FILE` (needs `pip install 'scopert[int8]'`)", refused=True)
         file = Path(model_path).with_name(gate["file"]) if model_path and gate.get("file") else None
         if not gate.get("passed"):
-            return PrecisionDecision(requested, "fp32", f"int8 refused: the card's INT8 gate failed "
+            return PrecisionDecision(requested, "fp32", f"the card's INT8 gate failed "
                                      f"({gate.get('metric')} {gate.get('value')} vs {gate.get('threshold')}); use f32 "
                                      "or bf16", refused=True)
         if file is None or not file.is_file():
-            return PrecisionDecision(requested, "fp32", f"int8 refused: the quantized model {file} is missing; "
+            return PrecisionDecision(requested, "fp32", f"the quantized model {file} is missing; "
                                      "re-run `scopert export ... --cpu-gates --int8`", refused=True)
         return PrecisionDecision(requested, "int8", f"int8: the card's INT8 gate passed ({gate.get('metric')} "
                                  f"{gate.get('value')} vs {gate.get('threshold')}) on {gate.get('tiles')} real tile(s)",
