@@ -178,7 +178,19 @@ def _measure_axis(module: Any, base: tuple[int, ...], axes: str, output_axes: st
         shape = tuple(length if j == i else s for j, s in enumerate(base))
         phases = list(range(step)) if full else [0]
         backgrounds = BACKGROUNDS if full else BACKGROUNDS[:1]
-        profile, border = _profile(module, shape, axes, output_axes, ax, div, phases, backgrounds, seed)
+        try:
+            profile, border = _profile(module, shape, axes, output_axes, ax, div, phases, backgrounds, seed)
+        except _NoResponse:
+            # a tiny probe can leave every path dead (a 3-level U-Net's 4^3 probe has a 1-voxel bottleneck):
+            # try both backgrounds, then a longer probe, before calling the output independent of the input
+            if not full:
+                full = True
+                continue
+            if length >= cap:
+                raise RunError(f"the receptive-field probe {shape} found no response of the centre output to the "
+                               "input: the output does not depend on the input there.") from None
+            length, full = min(cap, length * 2), False
+            continue
         support = np.nonzero(profile > ZERO_FLOOR)[0]
         reach = int(support.max()) if support.size else 0
         if reach < border:
@@ -267,13 +279,18 @@ def _profile(module: Any, shape: tuple[int, ...], axes: str, output_axes: str | 
                 np.maximum.at(prof, dist, along)
                 border = min(border, int(math.floor(centre)), int(math.floor(n_ax - 1 - centre)))
         peak = prof.max()
-        if not np.isfinite(peak) or peak <= 0:
-            raise RunError(
-                f"the receptive-field probe {shape} found no finite response of the centre output to the input "
-                f"(peak {peak}): the output does not depend on the input there, or the model produced NaN/Inf."
-            )
-        result = np.maximum(result, prof / peak)
+        if not np.isfinite(peak):
+            raise RunError(f"the receptive-field probe {shape} met NaN/Inf in the model's response; the weights are "
+                           "damaged or the model overflows on inputs in [0, 1].")
+        if peak > 0:
+            result = np.maximum(result, prof / peak)
+    if not result.any():
+        raise _NoResponse(shape)
     return result, max(border, 0)
+
+
+class _NoResponse(Exception):
+    """No background gave the centre output any dependence on the input (e.g. every ReLU dead on a tiny probe)."""
 
 
 def _forward(module: Any, x: Any) -> Any:

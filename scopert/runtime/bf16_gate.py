@@ -191,11 +191,11 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
 
 def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
     """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it."""
-    internal, _, norm = model.prepare(array, axes)
-    rp = model.make_plan(dict(zip(model.in_layout.tiled, internal.shape[1:])), tile, None, "auto", 1)
+    internal, data_axes, norm = model.prepare(array, axes)
+    rp = model.plan_for(internal, data_axes, tile, None, "auto", 1)  # a stack under a 2D model: planes are tiles
     tiles = list(rp.plan)
     pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
-    return [model.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
+    return [rp.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
 
 
 def _explicit_engine(model: Any) -> str | None:

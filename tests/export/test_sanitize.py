@@ -111,7 +111,7 @@ def test_every_family_export_is_clean_and_polygraphy_agrees(key, tmp_path, data_
     fp32, fp16 = tmp_path / f"{key}.onnx", tmp_path / f"{key}.fp16.onnx"
     card = export_run(info.folder, fp32)
     cleaned = card.verification["onnx_vs_torch"]["sanitize"]
-    assert cleaned["max_abs_change"] == 0.0  # FP32 outputs before and after sanitizing are equal
+    assert cleaned["max_abs_change"] <= cleaned["tolerance"]  # FP32 outputs before and after: rounding at most
     assert cleaned["nodes_after"] <= cleaned["nodes_before"]
     res = convert_fp16(fp32, fp16, [data_dir / calib], tiles=2)
     for path in (fp32, fp16):

@@ -76,6 +76,17 @@ def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
         assert rec["psnr_db"] > 30 and gate.precision == ("bf16" if rec["psnr_db"] >= 45 else "fp32")
 
 
+@pytest.mark.parametrize("movie", ["trackpy_bulk_water/bulk_water_first40.tif", "isbi2012_em/isbi2012_train_volume.tif"])
+def test_gate_tiles_of_a_stack_under_a_2d_model_are_planes(model2d, data_dir, movie):
+    """Issue 20: a 2D model over a time-lapse or z-stack crashed in np.pad (a 2-axis plan on a 3-axis array)."""
+    stack = tifffile.imread(data_dir / movie)[:6]
+    with load(model2d, backend="ort") as model:
+        tiles = sample_tiles(model, stack, n=4)
+    assert len(tiles) == 4
+    assert all(t.shape[:2] == (1, 1) and t.ndim == 4 for t in tiles)  # (b, c, y, x): one plane each
+    assert len({float(t.mean()) for t in tiles}) > 1  # spread over the stack, not one tile four times
+
+
 def test_load_with_bf16_on_cpu_without_bf16_is_refused_but_auto_continues(model2d, data_dir, monkeypatch):
     """Issue 16: an explicit --precision bf16 the CPU cannot honour is a clear refusal; auto runs f32."""
     from scopert.errors import ConfigError
