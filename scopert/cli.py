@@ -52,6 +52,9 @@ def cli(verbose: int) -> None:
 @click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto", show_default=True,
               help="auto: bf16 where the CPU has it and the card records a passed bf16 gate, else f32. "
                    "bf16/int8 (OpenVINO) are refused where the CPU or the card's gate does not allow them.")
+@click.option("--channels", "channels", type=click.Choice(["auto", "restored", "all"]), default="auto",
+              show_default=True, help="What the output holds: auto = TIFF: normalized raw, restored and GT channels "
+              "(3D-RCAN); HDF5/Zarr: restored and GT. restored = the restored image only. all = raw, restored, GT.")
 @click.option("--suffix", "out_suffix", help="Folder mode: output suffix (.tif, .ome.tif, .h5, .zarr); default: "
               "the input's name.")
 @click.option("--overwrite", is_flag=True, help="Folder mode: redo outputs that exist (default: skip them, "
@@ -61,8 +64,8 @@ def cli(verbose: int) -> None:
 @click.option("--block", "dist_block", help="--cluster: block size over the volume's tiled axes, e.g. 64,512,512.")
 @click.option("--resume", is_flag=True, help="--cluster: go on from the finished blocks of an interrupted run.")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
-          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, out_suffix,
-          overwrite, cluster, dist_block, resume) -> None:
+          rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, channels,
+          out_suffix, overwrite, cluster, dist_block, resume) -> None:
     """Restore an image or a folder of images (the options of 3D-RCAN's apply.py).
 
     Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
@@ -76,7 +79,7 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
                         batch=batch, axes=None if model_axes else axes, bits=int(bits), fmt=fmt,
                         normalize_output=normalize_output, rescale=rescale, p_min=p_min, p_max=p_max,
-                        dataset=dataset)
+                        dataset=dataset, channels=channels)
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
     check_paths(inp, out, gt, out_suffix, fmt)  # before the model loads: a wrong path fails at once
     calibration = None
@@ -107,8 +110,9 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
         with plan_apply(model, src, dst, gt_file, opts) as job, \
                 progress_bar(job.n_tiles, src.name, unit="tile") as bar:
             result = run_apply(job, progress=bar.update)
+        metrics = "".join(f"  PSNR {k.split('_')[1]} {v:.2f} dB" for k, v in result.metrics.items())
         click.echo(f"{src} -> {dst}  {result.shape}  {result.seconds:.2f} s  "
-                   f"{result.voxels_per_s / 1e6:.2f} Mvox/s", err=True)
+                   f"{result.voxels_per_s / 1e6:.2f} Mvox/s{metrics}", err=True)
 
 
 @cli.command()

@@ -37,6 +37,10 @@ from scopert.runtime.normalize import fit_normalization
 
 log = logging.getLogger(__name__)
 
+CHANNEL_CHOICES = ("auto", "restored", "all")
+"""What an output holds: ``auto`` as 3D-RCAN (TIFF: normalized raw, restored, normalized GT; HDF5/Zarr: restored
+and the GT), ``restored`` only, or ``all`` three in every format."""
+
 IN_MEMORY_BYTES = 256 * 2**20
 """Inputs up to this size are loaded whole (fast tile reads); larger ones are read tile by tile from the file."""
 
@@ -58,6 +62,7 @@ class ApplyOptions:
     output_dataset: str = "predictions"
     window: str = "gaussian"
     in_memory_bytes: int | None = None  # default: IN_MEMORY_BYTES
+    channels: str = "auto"  # auto: TIFF raw+restored(+GT), HDF5/Zarr restored(+GT); restored; all
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16, 32):
@@ -65,6 +70,8 @@ class ApplyOptions:
         if self.normalize_output and self.rescale:
             raise ConfigError("--normalize_output_range_between_zero_and_one and --rescale exclude each other; "
                               "pick one.")
+        if self.channels not in CHANNEL_CHOICES:
+            raise ConfigError(f"--channels {self.channels!r}: use one of {', '.join(CHANNEL_CHOICES)}.")
         if self.fmt not in (None, "imagej", "ome"):
             raise ConfigError(f"-f {self.fmt!r}: use imagej or ome.")
         for name in ("p_min", "p_max"):
@@ -85,6 +92,7 @@ class ApplyResult:
     streamed: bool  # the output was written slab by slab as tiles completed (not composed in memory first)
     lazy_input: bool = False  # the input was read tile by tile from the file, not loaded whole
     stats: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # with -g: PSNR (peak 1) of raw and restored vs the GT
 
 
 class SlabVolume:
@@ -127,7 +135,7 @@ def open_input(path: Path, dataset: str | None) -> ImageData:
             raise ConfigError(f"--dataset {dataset!r} was given but {path} is a TIFF; drop --dataset.")
         reader = TiffSlabReader(path)
         return ImageData(array=SlabVolume(reader), axes=reader.axes, path=path, source_axes=reader.source_axes,
-                         _closer=reader.close)
+                         channel_names=reader.channel_names, physical=reader.physical, _closer=reader.close)
     if not path.exists():
         raise InputError(f"-i {path} does not exist; check the path.")
     return read_image(path, dataset=dataset)
@@ -146,7 +154,8 @@ class ApplyJob:
     data_axes: str
     sink_axes: str  # 'c' + the output's other axes in the pipeline's order (slowest first)
     out: OutputSpec
-    raw_channels: int  # input channels written before the restored ones (TIFF on the same grid), else 0
+    raw_channels: int  # input channels written before the restored ones (same grid only), else 0
+    gt_channels: int  # ground-truth channels written after the restored ones, else 0
     in_memory: bool  # the whole output is composed before writing (-g, --rescale, 0..1, frame-window models)
     n_tiles: int
 
@@ -168,9 +177,6 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
     gt_path = Path(gt_path) if gt_path else None
     kind = output_kind(output_path)
     check_format_option(kind, opts.fmt, output_path.name)
-    if kind != "tiff" and (gt_path or opts.rescale or opts.normalize_output):
-        log.info("%s holds the restored image only; the ground truth and output range options shape only "
-                 "the restored values", output_path.name)
     check_output_path(output_path, [input_path] + ([gt_path] if gt_path else []))
     image = open_input(input_path, opts.dataset)
     try:
@@ -219,8 +225,15 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
         raise ConfigError(f"--rescale fits each restored channel to its ground truth, but this model maps "
                           f"{in_channels} input channel(s) to {card.output.channels}; drop --rescale.")
     same_grid = all(abs(float(s) - 1.0) < 1e-9 for s in card.output.scale.values())
-    raw_channels = in_channels if kind == "tiff" and same_grid else 0
-    gt_channels = in_channels if raw_channels and gt_path is not None else 0
+    if not same_grid and opts.channels == "all":
+        raise ConfigError(f"--channels all puts the input beside the output, but this model changes the pixel grid "
+                          f"(scale {card.output.scale}); use --channels restored or auto.")
+    wants_raw = opts.channels == "all" or (opts.channels == "auto" and kind == "tiff")
+    raw_channels = in_channels if wants_raw and same_grid else 0
+    gt_channels = in_channels if gt_path is not None and same_grid and opts.channels != "restored" else 0
+    if gt_path is not None and not gt_channels:
+        log.info("the ground truth is not written to %s (%s); it is used for the metrics only", output_path.name,
+                 "--channels restored" if same_grid else "the model changes the pixel grid")
     c_out = card.output.channels
     total = raw_channels + c_out + gt_channels
     keep_c = total > 1 or "c" in data_axes
@@ -228,17 +241,21 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     out_axes = file_axes(kind, sink_axes if keep_c else order)
     sizes = dict(zip(sink_axes, (total,) + tuple(out_internal[1:])))
     names = None
-    if kind == "tiff" and keep_c:
+    if keep_c:
         names = (_names("Raw", raw_channels) + _names("Restored", c_out) + _names("Ground Truth", gt_channels))
     dtype = {8: np.uint8, 16: np.uint16, 32: np.float32}[opts.bits]
     scale = {a: 1.0 / float(card.output.scale.get(a, 1.0)) for a in out_axes if a in "zyx"}
+    physical = None
+    if image.physical:  # the input's pixel sizes, after the model's scale along its own axes
+        physical = image.physical.scaled({a: float(card.output.scale.get(a, 1.0))
+                                          for a in model.in_layout.tiled}).for_axes(out_axes) or None
     out = OutputSpec(output_path, kind, out_axes, tuple(sizes[a] for a in out_axes), np.dtype(dtype),
                      fmt=tiff_format(output_path, opts.fmt) if kind == "tiff" else None, channel_names=names,
-                     dataset=opts.output_dataset, scale=scale,
+                     dataset=opts.output_dataset, scale=scale, physical=physical,
                      attrs={"scopert_model": model.path.name, "scopert_input": input_path.name})
     in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output
     return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,
-                    raw_channels, in_memory, n_tiles)
+                    raw_channels, gt_channels, in_memory, n_tiles)
 
 
 def _names(base: str, n: int) -> list[str]:
@@ -297,8 +314,9 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
     # TIFF is written page by page: slabs must run along the file's first axis, and that axis must hold pages
     tiff_streams = job.out.axes[0] == job.sink_axes[1] and job.out.axes[0] not in "yx"
     stream = not job.in_memory and (job.out.kind != "tiff" or tiff_streams)
+    metrics: dict[str, float] = {}
     if job.in_memory:
-        _run_in_memory(job, array, progress)
+        metrics = _run_in_memory(job, array, progress)
     else:
         internal, data_axes, norm = model.prepare(array, job.data_axes, opts.p_min, opts.p_max)
         rp = model.plan_for(internal, data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch, opts.window)
@@ -320,11 +338,14 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
              job.image.shape, seconds, voxels / seconds / 1e6, ", read tile by tile" if lazy else "",
              ", written slab by slab" if stream else "")
     return ApplyResult(job.input_path, job.output_path, job.image.shape, seconds, voxels / seconds, stream, lazy,
-                       stats)
+                       stats, metrics)
 
 
-def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> None:
-    """Compose the whole output first: -g, --rescale, the 0..1 range and frame-window models need it."""
+def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> dict[str, float]:
+    """Compose the whole output first: -g, --rescale, the 0..1 range and frame-window models need it.
+
+    Returns the metrics against the ground truth (PSNR with peak 1 on normalized images, as 3D-RCAN's apply),
+    empty without one."""
     model, opts = job.model, job.opts
     norm = fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)
     restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
@@ -339,12 +360,28 @@ def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> None:
         gt_norm = fit_normalization(gt_array, model.card.normalization, opts.p_min, opts.p_max)
         channels["gt"] = gt_norm(_sink_view(gt_array, job.data_axes, job.sink_axes))
     channels = _finish_channels(channels, opts)
+    metrics = {}
+    gt = channels.get("gt")
+    if gt is not None and gt.shape == channels["restored"].shape:
+        raw = channels["raw"] if "raw" in channels else norm(_sink_view(array, job.data_axes, job.sink_axes))
+        if raw.shape == gt.shape:
+            metrics["psnr_raw_db"] = _psnr(raw, gt)
+        metrics["psnr_restored_db"] = _psnr(channels["restored"], gt)
+        log.info("%s vs the ground truth: PSNR %s", job.input_path.name,
+                 ", ".join(f"{k.split('_')[1]} {v:.2f} dB" for k, v in metrics.items()))
     written = [channels["raw"]] if job.raw_channels else []
     written.append(channels["restored"])
-    if job.raw_channels and "gt" in channels:
+    if job.gt_channels:
         written.append(channels["gt"])
     with open_writer(job.out, stream=False) as writer:
         _FileSink(job, writer, None).put(np.concatenate(written, 0), 0)
+    return metrics
+
+
+def _psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    """PSNR with peak 1, the 3D-RCAN metric on percentile-normalized images."""
+    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 def _finish_channels(channels: dict[str, np.ndarray], opts: ApplyOptions) -> dict[str, np.ndarray]:

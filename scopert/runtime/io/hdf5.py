@@ -22,6 +22,7 @@ import numpy as np
 from scopert.errors import ConfigError, InputError, OutputError
 from scopert.runtime.io.atomic import atomic_path
 from scopert.runtime.io.image import ImageData, RUNTIME_AXES, check_fits_in_memory, validate_axes
+from scopert.runtime.io.physical import from_hdf5_attrs
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = T
         try:
             obj = _find_dataset(f, dataset, path)
             axes = _axes_attr(obj, path)
+            # element_size_um without an axes attribute names z, y, x of a 3D volume (pytorch-3dunet, ilastik)
+            physical = from_hdf5_attrs(obj.attrs, axes or ("zyx" if obj.ndim == 3 else "yx" if obj.ndim == 2
+                                                           else None)) or None
         except (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error) as e:
             # h5py raises these for damaged object headers, heaps and attributes
             raise InputError(
@@ -160,10 +164,11 @@ def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = T
             ) from e
         ds = CheckedDataset(obj.id, readonly=True)
         if lazy:
-            return ImageData(array=ds, axes=axes, path=path, source_axes=axes, dataset=dataset, _closer=f.close)
+            return ImageData(array=ds, axes=axes, path=path, source_axes=axes, dataset=dataset, physical=physical,
+                             _closer=f.close)
         array = np.asarray(ds)
         f.close()
-        return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset)
+        return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset, physical=physical)
     except BaseException:
         f.close()
         raise

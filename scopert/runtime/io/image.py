@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scopert.errors import ConfigError, InputError
+from scopert.runtime.io.physical import PhysicalSizes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ImageData:
     source_axes: str | None = None
     channel_names: list[str] | None = None
     dataset: str | None = None
+    physical: PhysicalSizes | None = None  # what one step along each axis measures, as the file says
     _closer: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property

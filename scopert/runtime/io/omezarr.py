@@ -43,13 +43,14 @@ def default_chunks(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
     return tuple(min(n, 512) if a in "yx" else 1 for a, n in zip(axes, shape))
 
 
-def multiscales(axes: str, name: str, scale: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """The NGFF 0.4 ``multiscales`` attribute for one level ``0`` with the given physical scale per axis."""
-    scale = scale or {}
+def multiscales(axes: str, name: str, scale: dict[str, float] | None = None,
+                units: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The NGFF 0.4 ``multiscales`` attribute for one level ``0`` with the given scale (and unit) per axis."""
+    scale, units = scale or {}, units or {}
     return [{
         "version": NGFF_VERSION,
         "name": name,
-        "axes": [{"name": a, "type": _AXIS_TYPES[a]} for a in axes],
+        "axes": [{"name": a, "type": _AXIS_TYPES[a], **({"unit": units[a]} if a in units else {})} for a in axes],
         "datasets": [{"path": LEVEL0, "coordinateTransformations": [
             {"type": "scale", "scale": [float(scale.get(a, 1.0)) for a in axes]}]}],
     }]
@@ -72,8 +73,12 @@ def _check(shape: tuple[int, ...], axes: str) -> None:
 
 def create_ome_zarr(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any, axes: str,
                     chunks: tuple[int, ...] | None = None, name: str | None = None,
-                    scale: dict[str, float] | None = None, attrs: dict[str, Any] | None = None) -> Any:
-    """Create an OME-Zarr group at ``path`` with an empty level-0 array; return that array (zarr.Array)."""
+                    scale: dict[str, float] | None = None, attrs: dict[str, Any] | None = None,
+                    physical: Any = None, channel_names: list[str] | None = None) -> Any:
+    """Create an OME-Zarr group at ``path`` with an empty level-0 array; return that array (zarr.Array).
+
+    ``physical`` (PhysicalSizes) gives the scale in physical units with the axes' units; without it ``scale`` is
+    relative to the input's pixels. ``channel_names`` become the ``omero`` channel labels."""
     zarr = _zarr()
     path = Path(path)
     shape = tuple(int(n) for n in shape)
@@ -88,7 +93,14 @@ def create_ome_zarr(path: str | os.PathLike[str], shape: tuple[int, ...], dtype:
             group = zarr.open_group(str(path), mode="w")
             array = group.create_dataset(LEVEL0, shape=shape, dtype=np.dtype(dtype), chunks=chunks, fill_value=0,
                                          dimension_separator="/")
-        group.attrs["multiscales"] = multiscales(axes, name or path.stem, scale)
+        if physical:
+            scale = {a: physical.get(a) or 1.0 for a in axes}
+            units = {a: physical.units[a] for a in axes if physical.get(a) is not None}
+        else:
+            units = None
+        group.attrs["multiscales"] = multiscales(axes, name or path.stem, scale, units)
+        if channel_names:
+            group.attrs["omero"] = {"channels": [{"label": str(n), "active": True} for n in channel_names]}
         if attrs:
             group.attrs.update(attrs)
     except OSError as e:
@@ -107,13 +119,15 @@ class OmeZarrWriter:
 
     def __init__(self, path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any, axes: str,
                  chunks: tuple[int, ...] | None = None, name: str | None = None,
-                 scale: dict[str, float] | None = None, attrs: dict[str, Any] | None = None) -> None:
+                 scale: dict[str, float] | None = None, attrs: dict[str, Any] | None = None,
+                 physical: Any = None, channel_names: list[str] | None = None) -> None:
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.axes = axes
         _check(self.shape, axes)
-        self._create = dict(chunks=chunks, name=name or self.path.stem, scale=scale, attrs=attrs)
+        self._create = dict(chunks=chunks, name=name or self.path.stem, scale=scale, attrs=attrs, physical=physical,
+                            channel_names=channel_names)
         self._atomic: Any = None
         self._array: Any = None
         self.voxels_written = 0

@@ -28,6 +28,7 @@ from scopert.errors import ConfigError, OutputError, RunError
 from scopert.runtime.io.atomic import atomic_path, finish_atomic, partial_path, remove_path
 from scopert.runtime.io.image import image_kind
 from scopert.runtime.io.omezarr import NGFF_ORDER, OmeZarrWriter
+from scopert.runtime.io.physical import PhysicalSizes, to_hdf5_attrs
 from scopert.runtime.io.tiff import TiffStreamWriter, write_tiff
 
 TIFF_ORDER = "tzcyx"  # ImageJ hyperstacks store T, Z, C, Y, X; OME-TIFF outputs use the same order
@@ -78,6 +79,7 @@ class OutputSpec:
     dataset: str = "predictions"  # HDF5 only
     scale: dict[str, float] = field(default_factory=dict)  # Zarr: voxel size relative to the input
     attrs: dict[str, Any] = field(default_factory=dict)  # Zarr/HDF5: extra metadata (model name, ...)
+    physical: PhysicalSizes | None = None  # the output's pixel sizes and time interval (every format stores them)
 
     @property
     def nbytes(self) -> int:
@@ -101,7 +103,9 @@ class _Hdf5Writer:
             self._ds = self._file.create_dataset(self.spec.dataset, shape=self.spec.shape, dtype=self.spec.dtype,
                                                  chunks=chunks, compression="gzip")
             self._ds.attrs["axes"] = self.spec.axes
-            for key, value in self.spec.attrs.items():
+            if self.spec.channel_names:
+                self._ds.attrs["channel_names"] = [str(n) for n in self.spec.channel_names]
+            for key, value in {**to_hdf5_attrs(self.spec.physical, self.spec.axes), **self.spec.attrs}.items():
                 self._ds.attrs[key] = value
         except BaseException as e:
             if self._file is not None:
@@ -142,7 +146,8 @@ class _TiffWriter:
     def __enter__(self) -> "_TiffWriter":
         if self.stream:
             self._inner = TiffStreamWriter(self.spec.path, self.spec.shape, self.spec.dtype, self.spec.axes,
-                                           fmt=self.spec.fmt, channel_names=self.spec.channel_names)
+                                           fmt=self.spec.fmt, channel_names=self.spec.channel_names,
+                                           physical=self.spec.physical)
             self._inner.__enter__()
         else:
             self._buffer = np.zeros(self.spec.shape, self.spec.dtype)
@@ -165,7 +170,7 @@ class _TiffWriter:
             return self._inner.__exit__(exc_type, exc, tb)
         if exc is None:
             write_tiff(self.spec.path, self._buffer, self.spec.axes, fmt=self.spec.fmt,
-                       channel_names=self.spec.channel_names)
+                       channel_names=self.spec.channel_names, physical=self.spec.physical)
         self._buffer = None
         return False
 
@@ -205,5 +210,5 @@ def open_writer(spec: OutputSpec, stream: bool = True):
         inner = _Hdf5Writer(spec)
     else:
         inner = OmeZarrWriter(spec.path, spec.shape, spec.dtype, spec.axes, name=spec.path.stem, scale=spec.scale,
-                              attrs=spec.attrs or None)
+                              attrs=spec.attrs or None, physical=spec.physical, channel_names=spec.channel_names)
     return _NoPartialLeft(inner, spec.path)

@@ -30,6 +30,7 @@ import tifffile
 from scopert.errors import ConfigError, InputError, OutputError, RunError, ScopertError
 from scopert.runtime.io.atomic import atomic_path, finish_atomic
 from scopert.runtime.io.image import ImageData, check_fits_in_memory, normalize_axes, validate_axes
+from scopert.runtime.io.physical import PhysicalSizes, from_imagej, from_ome_pixels, to_imagej, to_ome_metadata
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,19 @@ def _open_tiff(path: str | os.PathLike[str]) -> tuple[tifffile.TiffFile, Any]:
     return tif, series
 
 
+def _imagej_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
+    """An ImageJ hyperstack's plane labels, one per channel (C is the fastest of T, Z, C), when they agree."""
+    meta = tif.imagej_metadata or {}
+    labels, n = meta.get("Labels"), int(meta.get("channels", 1) or 1)
+    if not isinstance(labels, list) or n < 2 or len(labels) % n:
+        return None
+    names = [str(x) for x in labels[:n]]
+    return names if all(labels[i] == names[i % n] for i in range(len(labels))) else None
+
+
 def _ome_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
+    if tif.is_imagej and not tif.is_ome:
+        return _imagej_channel_names(tif)
     if not tif.is_ome or not tif.ome_metadata:
         return None
     try:
@@ -147,6 +160,41 @@ def _ome_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
     channels = channels if isinstance(channels, list) else [channels]
     names = [c.get("Name") if isinstance(c, dict) else None for c in channels]
     return [str(n) for n in names] if all(n is not None for n in names) else None
+
+
+def _ome_pixels(tif: tifffile.TiffFile) -> dict[str, Any] | None:
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    try:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        image = image[0] if isinstance(image, list) else image
+        return dict(image["Pixels"])
+    except Exception:  # noqa: BLE001 - damaged OME-XML; sizes are optional, the pixels still read
+        return None
+
+
+def _physical_sizes(tif: tifffile.TiffFile, series: Any, axes: str, path: Path) -> PhysicalSizes | None:
+    """What the file says one pixel, one z step and one frame measure: OME-XML, ImageJ, or a plain TIFF's
+    resolution tags when their unit is centimetres (an inch unit is print resolution, not a pixel size)."""
+    try:
+        pixels = _ome_pixels(tif)
+        if pixels is not None:
+            physical = from_ome_pixels(pixels)
+        else:
+            tags = series.keyframe.tags
+            res = tuple(tags[k].value for k in ("XResolution", "YResolution") if k in tags)
+            if tif.is_imagej:
+                physical = from_imagej(tif.imagej_metadata, res, axes)
+            elif "ResolutionUnit" in tags and int(tags["ResolutionUnit"].value) == 3 and len(res) == 2:
+                physical = from_imagej({"unit": "cm"}, res, "yx")
+            else:
+                physical = PhysicalSizes()
+    except Exception as e:  # noqa: BLE001 - damaged metadata: the pixels still read, the sizes are unknown
+        log.warning("%s: its physical sizes cannot be read (%s); the output will have none", path, e)
+        return None
+    if physical:
+        log.debug("%s: physical sizes %s", path, physical.describe())
+    return physical or None
 
 
 def _is_mappable(series: Any) -> bool:
@@ -167,6 +215,7 @@ def read_tiff(path: str | os.PathLike[str], memmap: bool = True) -> ImageData:
         source_axes = str(series.axes)
         axes = normalize_axes(source_axes, path)
         names = _ome_channel_names(tif)
+        physical = _physical_sizes(tif, series, axes, path)
         try:
             if memmap and _is_mappable(series):  # _open_tiff checked that the data lies inside the file
                 dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
@@ -181,7 +230,8 @@ def read_tiff(path: str | os.PathLike[str], memmap: bool = True) -> ImageData:
             raise _corrupt(path, f"{type(e).__name__}: {str(e)[:200]}") from e
     finally:
         tif.close()
-    return ImageData(array=array, axes=axes, path=path, source_axes=source_axes, channel_names=names)
+    return ImageData(array=array, axes=axes, path=path, source_axes=source_axes, channel_names=names,
+                     physical=physical)
 
 
 class TiffSlabReader:
@@ -200,6 +250,8 @@ class TiffSlabReader:
         try:
             self.source_axes = str(self._series.axes)
             self.axes = normalize_axes(self.source_axes, self.path)
+            self.channel_names = _ome_channel_names(self._tif)
+            self.physical = _physical_sizes(self._tif, self._series, self.axes, self.path)
             self._plan_reads()
         except ScopertError:
             self._tif.close()
@@ -322,8 +374,10 @@ def _check_dtype(dtype: np.dtype, fmt: str) -> None:
 
 
 def _tiff_kwargs(fmt: str, file_axes: str, channel_names: list[str] | None, n_channels: int | None,
-                 nbytes: int, compression: str | None) -> dict[str, Any]:
+                 nbytes: int, compression: str | None, physical: PhysicalSizes | None = None,
+                 file_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"axes": file_axes.upper()}
+    kw: dict[str, Any] = {"metadata": metadata, "photometric": "minisblack", "compression": compression}
     if channel_names is not None:
         if n_channels is None or len(channel_names) != n_channels:
             raise ConfigError(
@@ -332,12 +386,19 @@ def _tiff_kwargs(fmt: str, file_axes: str, channel_names: list[str] | None, n_ch
             )
         if fmt == "ome":
             metadata["Channel"] = {"Name": [str(n) for n in channel_names]}
-        else:
-            log.info("channel names are stored only in OME-TIFF; ImageJ output will not have them")
-    kw: dict[str, Any] = {"metadata": metadata, "photometric": "minisblack", "compression": compression}
+        elif file_shape is not None:  # ImageJ names planes: each plane gets its channel's name (Fiji shows it)
+            planes = [i for i, a in enumerate(file_axes) if a not in "yx"]
+            grid = np.indices([file_shape[i] for i in planes]).reshape(len(planes), -1)
+            c_row = [i for i in planes].index(file_axes.index("c"))
+            metadata["Labels"] = [str(channel_names[int(c)]) for c in grid[c_row]]
     if fmt == "imagej":
         kw["imagej"] = True
+        resolution, extra = to_imagej(physical, file_axes)
+        metadata.update(extra)
+        if resolution is not None:
+            kw["resolution"] = resolution
     else:
+        metadata.update(to_ome_metadata(physical, file_axes))
         kw["ome"] = True
         kw["bigtiff"] = nbytes > _BIGTIFF_BYTES
     return kw
@@ -351,6 +412,7 @@ def write_tiff(
     channel_names: list[str] | None = None,
     bits: int | None = None,
     compression: str | None = None,
+    physical: PhysicalSizes | None = None,
 ) -> Path:
     """Write ``array`` (axes in t, c, z, y, x letters) as an ImageJ hyperstack or OME-TIFF, atomically.
 
@@ -367,7 +429,7 @@ def write_tiff(
     order = _file_order(axes, fmt)
     data = np.transpose(data, [axes.index(a) for a in order])
     n_channels = data.shape[order.index("c")] if "c" in order else None
-    kw = _tiff_kwargs(fmt, order, channel_names, n_channels, data.nbytes, compression)
+    kw = _tiff_kwargs(fmt, order, channel_names, n_channels, data.nbytes, compression, physical, data.shape)
     with atomic_path(path) as tmp:
         try:
             tifffile.imwrite(tmp, data, **kw)
@@ -410,6 +472,7 @@ class TiffStreamWriter:
         bits: int | None = None,
         compression: str | None = None,
         queue_slabs: int = 2,
+        physical: PhysicalSizes | None = None,
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
@@ -432,7 +495,8 @@ class TiffStreamWriter:
         self._file_shape = tuple(self.shape[p] for p in self._perm)
         n_channels = self._file_shape[self._order.index("c")] if "c" in self._order else None
         nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        self._kw = _tiff_kwargs(self.fmt, self._order, channel_names, n_channels, nbytes, compression)
+        self._kw = _tiff_kwargs(self.fmt, self._order, channel_names, n_channels, nbytes, compression, physical,
+                                self._file_shape)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_slabs))
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

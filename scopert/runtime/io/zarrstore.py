@@ -64,7 +64,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about each stray file it meets in a damaged store
-            node, name, ome_axes = _open_node(zarr, path, dataset)
+            node, name, ome_axes, physical = _open_node(zarr, path, dataset)
             shape, dtype = tuple(int(n) for n in node.shape), np.dtype(node.dtype)
             raw = node.attrs.get("axes", ome_axes)
             headers = BloscHeaderCheck(node, path / name if name else path)
@@ -85,7 +85,7 @@ def read_zarr(path: str | os.PathLike[str], dataset: str = "raw") -> ImageData:
     log.debug("%s: Zarr array %s %s", path, shape, dtype)
     where = f"{path}:{name}" if name else str(path)
     return ImageData(array=GuardedArray(node, where, before_read=headers), axes=axes, path=path,
-                     source_axes=raw if isinstance(raw, str) else None, dataset=name)
+                     source_axes=raw if isinstance(raw, str) else None, dataset=name, physical=physical)
 
 
 _CHUNK_KEY = re.compile(r"^(c([./]\d+)*|(c[./])?\d+([./]\d+)*)$")
@@ -161,28 +161,31 @@ def _as_slices(index: Any, ndim: int) -> list[slice]:
             (i if isinstance(i, slice) else slice(None)) for i in index[:ndim]]
 
 
-def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, str | None]:
+def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, str | None, Any]:
     """The array at ``path`` (or ``dataset`` inside the group at ``path``), its name in the group, and the axes
-    an OME-Zarr image's metadata names (its full-resolution level is read when ``dataset`` is not in the group)."""
+    and physical sizes an OME-Zarr image's metadata names (its full-resolution level is read when ``dataset`` is
+    not in the group)."""
     node = zarr.open(str(path), mode="r")
     if hasattr(node, "shape"):
-        return node, None, None
+        return node, None, None, None
     found = _array_names(node)
     if dataset not in found and "multiscales" in node.attrs:
         from scopert.runtime.io.omezarr import read_multiscales_level0
+
+        from scopert.runtime.io.physical import from_ngff
 
         try:
             level0, axes = read_multiscales_level0(node)
         except ValueError as e:
             raise InputError(f"{path} has OME-Zarr metadata that cannot be read ({e}); pass --dataset") from e
         if level0 in found:
-            return node[level0], level0, axes
+            return node[level0], level0, axes, from_ngff(node.attrs["multiscales"][0]) or None
     if dataset not in found:
         raise InputError(
             f"array {dataset!r} is not in {path}; it has {', '.join(map(repr, found)) or 'no arrays'}: "
             "pass one of them as the dataset name"
         )
-    return node[dataset], dataset, None
+    return node[dataset], dataset, None, None
 
 
 def write_zarr(path: str | os.PathLike[str], array: Any, dataset: str = "predictions", axes: str | None = None) -> Path:
