@@ -63,6 +63,8 @@ class ApplyOptions:
     window: str = "gaussian"
     in_memory_bytes: int | None = None  # default: IN_MEMORY_BYTES
     channels: str = "auto"  # auto: TIFF raw+restored(+GT), HDF5/Zarr restored(+GT); restored; all
+    channel: int | None = None  # run this one channel of a multi-channel input (--channel N)
+    per_channel: bool = False  # run every channel on its own through a 1-channel model, keeping C (--per-channel)
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16, 32):
@@ -70,6 +72,8 @@ class ApplyOptions:
         if self.normalize_output and self.rescale:
             raise ConfigError("--normalize_output_range_between_zero_and_one and --rescale exclude each other; "
                               "pick one.")
+        if self.channel is not None and self.per_channel:
+            raise ConfigError("--channel N runs one channel and --per-channel runs each; pick one.")
         if self.channels not in CHANNEL_CHOICES:
             raise ConfigError(f"--channels {self.channels!r}: use one of {', '.join(CHANNEL_CHOICES)}.")
         if self.fmt not in (None, "imagej", "ome"):
@@ -126,6 +130,35 @@ class SlabVolume:
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
+class ChannelPlane:
+    """One channel of a (lazy) array, its c axis taken out; only the parts that are sliced are read."""
+
+    def __init__(self, array: Any, axis: int, channel: int) -> None:
+        self.array, self.axis, self.channel = array, axis, channel
+        shape = list(array.shape)
+        del shape[axis]
+        self.shape, self.dtype, self.ndim = tuple(int(n) for n in shape), array.dtype, len(shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        return np.asarray(self.array[key[:self.axis] + (self.channel,) + key[self.axis:]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def channel_plane(array: Any, axis: int, channel: int) -> Any:
+    """Channel ``channel`` of ``array`` along ``axis``: a view of an ndarray, a lazy plane of a file-backed one."""
+    if isinstance(array, np.ndarray):
+        return np.take(array, channel, axis=axis)
+    return ChannelPlane(array, axis, channel)
+
+
 def open_input(path: Path, dataset: str | None) -> ImageData:
     """Open an input lazily: TIFF slab by slab with read() calls into buffers of its own (never memory-mapped:
     a mapped file cut mid-run kills the process with SIGBUS, and mapped pages pile up in its memory), HDF5 and
@@ -156,6 +189,7 @@ class ApplyJob:
     out: OutputSpec
     raw_channels: int  # input channels written before the restored ones (same grid only), else 0
     gt_channels: int  # ground-truth channels written after the restored ones, else 0
+    split_axis: int | None  # the input's c axis under --per-channel (each channel a run) or --channel, else None
     in_memory: bool  # the whole output is composed before writing (-g, --rescale, 0..1, frame-window models)
     n_tiles: int
 
@@ -191,8 +225,29 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
 def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | None, opts: ApplyOptions,
           image: ImageData, kind: str) -> ApplyJob:
     card = model.card
-    shape = image.shape
-    data_axes = resolve_data_axes(shape_only(shape), card, opts.axes, image.axes)
+    shape = file_shape = image.shape
+    stated_axes = None if image.axes_guessed else image.axes  # a file that does not say is read by dimensions
+    axes, split_axis, n_split = opts.axes, None, 1
+    if opts.channel is not None or opts.per_channel:
+        stated = (opts.axes or stated_axes or "").lower()
+        option = "--per-channel" if opts.per_channel else f"--channel {opts.channel}"
+        if "c" not in stated:
+            raise ConfigError(f"{option} needs a channel axis, but {input_path.name} has axes "
+                              f"{stated or 'that it does not state'} (shape {shape}); say them with --axes (e.g. "
+                              f"--axes {'c' + 'zyx'[3 - len(shape) + 1:] if len(shape) <= 4 else 'tczyx'}).")
+        ci, n_c = stated.index("c"), shape[stated.index("c")]
+        if opts.channel is not None and not 0 <= opts.channel < n_c:
+            raise ConfigError(f"--channel {opts.channel}: {input_path.name} has {n_c} channels; give 0 to {n_c - 1}.")
+        if opts.channel is not None:  # the job reads that channel only, lazily
+            image.array = channel_plane(image.array, ci, opts.channel)
+            if image.channel_names:
+                image.channel_names = [image.channel_names[opts.channel]]
+        else:
+            n_split = n_c
+        split_axis = ci
+        axes, shape = stated.replace("c", ""), shape[:ci] + shape[ci + 1:]
+        stated_axes = None
+    data_axes = resolve_data_axes(shape_only(shape), card, axes, stated_axes, where=input_path.name)
     loop, _ = split_loop_axes(data_axes, card)
     centre = centre_frame_model(card)
     layout = model.in_layout.with_loop(loop)
@@ -217,10 +272,10 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
         raise ConfigError("--rescale fits the output to a ground truth; pass one with -g.")
     if gt_path is not None:
         with open_input(gt_path, opts.dataset) as gt:
-            if gt.shape != shape:
+            if gt.shape != file_shape:
                 raise InputError(f"the ground truth {gt_path} has shape {gt.shape}, the input {input_path} has "
-                                 f"{shape}; they must match. Pass the GT of this image.")
-    in_channels = shape[data_axes.index("c")] if "c" in data_axes else 1
+                                 f"{file_shape}; they must match. Pass the GT of this image.")
+    in_channels = (shape[data_axes.index("c")] if "c" in data_axes else 1) * n_split
     if opts.rescale and card.output.channels != in_channels:
         raise ConfigError(f"--rescale fits each restored channel to its ground truth, but this model maps "
                           f"{in_channels} input channel(s) to {card.output.channels}; drop --rescale.")
@@ -234,9 +289,9 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     if gt_path is not None and not gt_channels:
         log.info("the ground truth is not written to %s (%s); it is used for the metrics only", output_path.name,
                  "--channels restored" if same_grid else "the model changes the pixel grid")
-    c_out = card.output.channels
+    c_out = card.output.channels * n_split
     total = raw_channels + c_out + gt_channels
-    keep_c = total > 1 or "c" in data_axes
+    keep_c = total > 1 or "c" in data_axes or n_split > 1
     sink_axes = "c" + order
     out_axes = file_axes(kind, sink_axes if keep_c else order)
     sizes = dict(zip(sink_axes, (total,) + tuple(out_internal[1:])))
@@ -253,9 +308,9 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
                      fmt=tiff_format(output_path, opts.fmt) if kind == "tiff" else None, channel_names=names,
                      dataset=opts.output_dataset, scale=scale, physical=physical,
                      attrs={"scopert_model": model.path.name, "scopert_input": input_path.name})
-    in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output
+    in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output or n_split > 1
     return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,
-                    raw_channels, gt_channels, in_memory, n_tiles)
+                    raw_channels, gt_channels, split_axis, in_memory, n_tiles * n_split)
 
 
 def _names(base: str, n: int) -> list[str]:
@@ -291,6 +346,8 @@ class _FileSink:
 def _raw_source(job: ApplyJob, array):
     """The input again for the raw channel: a TIFF read slab by slab gets a reader of its own, which the
     writer reads plane by plane while the pipeline's reader is rows ahead."""
+    if isinstance(array, ChannelPlane) and isinstance(array.array, SlabVolume):
+        return ChannelPlane(SlabVolume(TiffSlabReader(job.input_path)), array.axis, array.channel)
     if isinstance(array, SlabVolume):
         return SlabVolume(TiffSlabReader(job.input_path))
     return array
@@ -328,8 +385,9 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
                                  (lambda lo, hi: norm(np.asarray(raw_view[:, lo:hi]))))
                 model._run(internal, norm, rp, sink, progress)
         finally:
-            if isinstance(raw_source, SlabVolume) and raw_source is not array:
-                raw_source.reader.close()
+            reader_of = raw_source.array if isinstance(raw_source, ChannelPlane) else raw_source
+            if isinstance(reader_of, SlabVolume) and raw_source is not array:
+                reader_of.reader.close()
     seconds = time.perf_counter() - t0
     stats = dict(model.last_stats.__dict__) if model.last_stats else {}
     stats.pop("stages", None)
@@ -342,30 +400,29 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
 
 
 def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> dict[str, float]:
-    """Compose the whole output first: -g, --rescale, the 0..1 range and frame-window models need it.
+    """Compose the whole output first: -g, --rescale, the 0..1 range, frame-window models and --per-channel.
 
     Returns the metrics against the ground truth (PSNR with peak 1 on normalized images, as 3D-RCAN's apply),
     empty without one."""
-    model, opts = job.model, job.opts
-    norm = fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)
-    restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
-                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
-    out_axes = model.output_axes(job.data_axes)
-    channels = {"restored": _sink_view(restored, out_axes, job.sink_axes)}
-    if job.raw_channels:
-        channels["raw"] = norm(_sink_view(array, job.data_axes, job.sink_axes))
+    gt_array = None
     if job.gt_path is not None:
-        with open_input(job.gt_path, opts.dataset) as gt:
+        with open_input(job.gt_path, job.opts.dataset) as gt:
             gt_array = np.asarray(gt.array)
-        gt_norm = fit_normalization(gt_array, model.card.normalization, opts.p_min, opts.p_max)
-        channels["gt"] = gt_norm(_sink_view(gt_array, job.data_axes, job.sink_axes))
-    channels = _finish_channels(channels, opts)
+    if job.opts.channel is not None and gt_array is not None:
+        gt_array = np.take(gt_array, job.opts.channel, axis=job.split_axis)
+    if job.split_axis is None or job.opts.channel is not None:
+        channels = _compose(job, array, gt_array, progress)
+    else:  # each input channel on its own (its own normalization too), then side by side: raw, restored, GT
+        parts = [_compose(job, np.take(array, i, axis=job.split_axis),
+                          None if gt_array is None else np.take(gt_array, i, axis=job.split_axis), progress)
+                 for i in range(array.shape[job.split_axis])]
+        channels = {k: np.concatenate([p[k] for p in parts], 0) for k in parts[0]}
+    channels = _finish_channels(channels, job.opts)
     metrics = {}
     gt = channels.get("gt")
     if gt is not None and gt.shape == channels["restored"].shape:
-        raw = channels["raw"] if "raw" in channels else norm(_sink_view(array, job.data_axes, job.sink_axes))
-        if raw.shape == gt.shape:
-            metrics["psnr_raw_db"] = _psnr(raw, gt)
+        if "raw" in channels and channels["raw"].shape == gt.shape:
+            metrics["psnr_raw_db"] = _psnr(channels["raw"], gt)
         metrics["psnr_restored_db"] = _psnr(channels["restored"], gt)
         log.info("%s vs the ground truth: PSNR %s", job.input_path.name,
                  ", ".join(f"{k.split('_')[1]} {v:.2f} dB" for k, v in metrics.items()))
@@ -376,6 +433,21 @@ def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> dict[str, floa
     with open_writer(job.out, stream=False) as writer:
         _FileSink(job, writer, None).put(np.concatenate(written, 0), 0)
     return metrics
+
+
+def _compose(job: ApplyJob, array: np.ndarray, gt_array: np.ndarray | None, progress) -> dict[str, np.ndarray]:
+    """The normalized raw, the restored image and the normalized GT, each (channels, *sink axes)."""
+    model, opts = job.model, job.opts
+    norm = fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)
+    restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
+                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
+    channels = {"restored": _sink_view(restored, model.output_axes(job.data_axes), job.sink_axes)}
+    if all(abs(float(v) - 1.0) < 1e-9 for v in model.card.output.scale.values()):
+        channels["raw"] = norm(_sink_view(array, job.data_axes, job.sink_axes))
+    if gt_array is not None:
+        gt_norm = fit_normalization(gt_array, model.card.normalization, opts.p_min, opts.p_max)
+        channels["gt"] = gt_norm(_sink_view(gt_array, job.data_axes, job.sink_axes))
+    return channels
 
 
 def _psnr(pred: np.ndarray, target: np.ndarray) -> float:

@@ -122,25 +122,24 @@ def _loop_choices(card: ModelCard) -> str:
     return "".join(a for a in LOOP_AXES if a not in card.input.axes)
 
 
-def resolve_data_axes(array, card: ModelCard, axes: str | None, file_axes: str | None = None) -> str:
+def resolve_data_axes(array, card: ModelCard, axes: str | None, file_axes: str | None = None,
+                      where: str = "the input") -> str:
     """Decide the user's array axes, or explain which layouts the model accepts.
 
-    ``axes`` (the user's word) wins, then ``file_axes`` (what the file's metadata says), then the model's own
-    layout for this many dimensions, with extra leading dimensions taken as loop axes (z, then t) that a model
-    without them runs over plane by plane: a 2D model restores every plane of a z-stack or a time-lapse.
+    ``axes`` (the user's word) wins, then ``file_axes`` (what the file's metadata states; give None for a file
+    that does not say), then the model's own layout for this many dimensions, with extra leading dimensions taken
+    as loop axes (z, then t) that a model without them runs over plane by plane: a 2D model restores every plane
+    of a z-stack or a time-lapse. Stated axes that do not fit are refused with the fix, never reinterpreted:
+    channels are not z, and time is not z.
     """
     candidates = data_axes_candidates(card)
     loops = _loop_choices(card)
     shape = tuple(int(n) for n in array.shape)
     ndim = len(shape)
     if axes is not None:
-        return _check_axes(axes.lower(), shape, card, candidates, loops, "axes")
+        return _check_axes(axes.lower(), shape, card, candidates, loops, "--axes", where)
     if file_axes:
-        try:
-            return _check_axes(file_axes.lower(), shape, card, candidates, loops, "the file's axes")
-        except InputError:
-            log.info("the file's axes %r do not fit the model (%s); choosing by the number of dimensions",
-                     file_axes, card.input.axes)
+        return _check_axes(file_axes.lower(), shape, card, candidates, loops, f"{where} states axes", where)
     for cand in candidates:
         if len(cand) == ndim and ("c" not in cand or shape[cand.index("c")] == card.input.channels):
             return cand
@@ -157,24 +156,35 @@ def resolve_data_axes(array, card: ModelCard, axes: str | None, file_axes: str |
     )
 
 
+def _channel_fix(axes: str, shape: tuple[int, ...], card: ModelCard) -> str:
+    """The way out for a multi-channel input and a model that takes fewer channels."""
+    n = shape[axes.index("c")]
+    if card.input.channels == 1 and n > 1:
+        return (f" Pick one channel with --channel N (0 to {n - 1}), or restore each channel on its own with "
+                "--per-channel (the output keeps the channels).")
+    return f" Pass an image with {card.input.channels} channel(s)."
+
+
 def _check_axes(axes: str, shape: tuple[int, ...], card: ModelCard, candidates: list[str], loops: str,
-                what: str) -> str:
+                what: str, where: str = "the input") -> str:
     full = set(candidates[-1])
     if len(axes) != len(shape):
-        raise InputError(f"{what} {axes!r} has {len(axes)} letters but the array has {len(shape)} dimensions "
+        raise InputError(f"{what} {axes!r}: {len(axes)} letters, but {where} has {len(shape)} dimensions "
                          f"(shape {shape}); give one letter per dimension.")
     if len(set(axes)) != len(axes) or set(axes) - set("tczyx"):
-        raise InputError(f"{what} {axes!r} must name each of t, c, z, y, x at most once.")
+        raise InputError(f"{what} {axes!r}: name each of t, c, z, y, x at most once.")
     model_part = "".join(a for a in axes if a in full)
     extra = "".join(a for a in axes if a not in full)
-    if model_part not in candidates or set(extra) - set(loops):
+    if "c" in axes and shape[axes.index("c")] != card.input.channels:
+        raise InputError(f"{what} {axes!r} (shape {shape}): {shape[axes.index('c')]} channels, and the model "
+                         f"({card.input.axes}) takes {card.input.channels}.{_channel_fix(axes, shape, card)}")
+    # the order of the axes is the file's own (ImageJ stores z before c): only which axes there are must fit
+    if sorted(model_part) not in [sorted(c) for c in candidates] or set(extra) - set(loops):
         loop_hint = (f", optionally with {' and/or '.join(loops)} that it runs over plane by plane" if loops
                      else "")
-        raise InputError(f"{what} {axes!r} do not fit this model ({card.input.axes}); it takes "
-                         f"{' or '.join(candidates)}{loop_hint}.")
-    if "c" in axes and shape[axes.index("c")] != card.input.channels:
-        raise InputError(f"the input has {shape[axes.index('c')]} channels (axis 'c' of {axes!r}); the model "
-                         f"takes {card.input.channels}. Pass an image with {card.input.channels} channel(s).")
+        raise InputError(f"{what} {axes!r} (shape {shape}), which do not fit this model ({card.input.axes}): it "
+                         f"takes {' or '.join(candidates)}{loop_hint}. If the axes metadata is wrong, say the "
+                         f"axes with --axes (e.g. --axes {(loops[-1:] if loops else '') + candidates[0]}).")
     if "c" not in axes and card.input.channels != 1:
         raise InputError(f"the model takes {card.input.channels} input channels; the axes need a 'c'.")
     return axes
