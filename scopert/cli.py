@@ -61,8 +61,8 @@ def cli(verbose: int) -> None:
               "its own with a 1-channel model; the output keeps the channels.")
 @click.option("--suffix", "out_suffix", help="Folder mode: output suffix (.tif, .ome.tif, .h5, .zarr); default: "
               "the input's name.")
-@click.option("--overwrite", is_flag=True, help="Folder mode: redo outputs that exist (default: skip them, "
-              "so an interrupted folder run resumes).")
+@click.option("--overwrite", is_flag=True, help="Replace an output that exists (default: refuse it; a folder run "
+              "skips finished outputs, so an interrupted folder run resumes).")
 @click.option("--cluster", help="Run on Dask: local:N, local-cuda[:0,1], tcp://HOST:PORT or a dask-jobqueue YAML "
               "(one volume -> OUT.zarr in blocks; a folder -> one task per file).")
 @click.option("--block", "dist_block", help="--cluster: block size over the volume's tiled axes, e.g. 64,512,512.")
@@ -85,7 +85,7 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
                         normalize_output=normalize_output, rescale=rescale, p_min=p_min, p_max=p_max,
                         dataset=dataset, channels=channels, channel=channel, per_channel=per_channel)
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
-    check_paths(inp, out, gt, out_suffix, fmt)  # before the model loads: a wrong path fails at once
+    out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
     calibration = None
     if precision == "bf16":  # without a gate in the card, the bf16 gate measures on real tiles of the (first) input
         import numpy as np

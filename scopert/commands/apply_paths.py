@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scopert.errors import ConfigError, InputError
 from scopert.runtime.apply import ApplyOptions, plan_apply
-from scopert.runtime.io import check_output_path, list_images, plan_batch
+from scopert.runtime.io import check_output_path, list_images, output_path_for, plan_batch
 from scopert.runtime.io.outputs import check_format_option, output_kind
 from scopert.runtime.io.space import check_free_space
 from scopert.runtime.model import Model
@@ -25,8 +25,12 @@ def is_folder_run(inp: Path) -> bool:
     return inp.is_dir() and not inp.name.lower().endswith(".zarr")
 
 
-def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, fmt: str | None) -> None:
-    """What can be said without the model: inputs exist, outputs have a known suffix and a writable folder."""
+def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, fmt: str | None,
+                overwrite: bool = False) -> Path:
+    """What can be said without the model: inputs exist, outputs have a known suffix and a writable folder.
+
+    Returns the output path: for one input and an existing folder as ``-o``, the input's name inside it (with
+    ``--suffix`` when given). An existing output of one input is replaced only with ``--overwrite``."""
     if not inp.exists():
         raise InputError(f"-i {inp} does not exist; check the path.")
     if gt is not None and not gt.exists():
@@ -42,11 +46,16 @@ def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, f
         if out.resolve() == inp.resolve():
             raise ConfigError(f"-o {out} is the input folder; outputs keep the input names, so they would "
                               "overwrite the inputs. Choose another output folder.")
-        return
-    if out_suffix:
-        raise ConfigError("--suffix applies to folder runs; for one file, give the suffix in -o.")
+        return out
+    if out.is_dir() and not out.name.lower().endswith(".zarr"):  # -o results/: the input's name inside it
+        out = output_path_for(inp, out, out_suffix)
+    elif out_suffix:
+        raise ConfigError("--suffix applies when -o is a folder; for one output file, give the suffix in -o.")
     check_format_option(output_kind(out), fmt, out.name)
     check_output_path(out, [inp] + ([gt] if gt else []))
+    if out.exists() and not overwrite:
+        raise ConfigError(f"-o {out} exists; pass --overwrite to replace it (or choose another name).")
+    return out
 
 
 def plan_folder(model: Model, inp: Path, out: Path, gt: Path | None, opts: ApplyOptions,

@@ -54,6 +54,9 @@ def check_bench_args(model_path, shape, tile, batch, repeats, data_path, gate_db
     tile_sizes = pf.parse_sizes(tile, "-B", tiled)
     if tile_sizes is not None:
         pf.check_tile(card, tile_sizes, tiled, "-B")
+    if data_path and shape:
+        raise ConfigError(f"--shape sizes a synthetic input, and --data {data_path} gives a real one whose shape is "
+                          "its own; drop one of them (crop the file to bench a smaller piece of it).")
     if data_path:
         header = pf.image_header(pf.check_input_file(data_path, "--data"), "--data")
         if len(header.shape) < len(tiled):

@@ -180,3 +180,63 @@ def test_per_channel_and_one_channel_equal_predict_on_each_channel(models, zcyx_
                                atol=1e-5)
     names = [c.name for c in ome_types.from_tiff(str(tmp_path / "per.ome.tif")).images[0].pixels.channels]
     assert names == ["Restored 0", "Restored 1"]
+
+
+# ---- outputs that used to lose or hide things (issue 20, item 5) ---------------------------------------------
+def _cli(*args):
+    from tests.runtime.test_cli_apply import run_cli
+
+    return run_cli(*args)
+
+
+@pytest.fixture(scope="module")
+def m2d_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "m2d.onnx"
+    conv_stack(path, ndim=2)
+    return path
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(m2d_path, data_dir, tmp_path):
+    src = data_dir / "stardist_nuclei_2d/stardist_dsb2018_img2d.tif"
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"keep me")
+    res = _cli("apply", "-m", m2d_path, "-i", src, "-o", out)
+    assert res.returncode == 2 and "exists; pass --overwrite" in res.stderr and "Traceback" not in res.stderr
+    assert out.read_bytes() == b"keep me"
+    assert _cli("apply", "-m", m2d_path, "-i", src, "-o", out, "--overwrite").returncode == 0
+    assert tifffile.imread(out).shape == (2, 512, 512)  # raw and restored
+
+
+def test_an_existing_folder_as_output_gets_the_input_name(m2d_path, data_dir, tmp_path):
+    src = data_dir / "stardist_nuclei_2d/stardist_dsb2018_img2d.tif"
+    res = _cli("apply", "-m", m2d_path, "-i", src, "-o", tmp_path, "--suffix", ".h5")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "stardist_dsb2018_img2d.h5").is_file()
+
+
+def test_ground_truth_goes_into_hdf5_and_zarr_and_metrics_are_printed(m2d_path, data_dir, tmp_path):
+    noisy, clean = (data_dir / f"w2s_8bit_pairs/w2s_avg{k}.tif" for k in ("1_noisy", "400_clean"))
+    for suffix in (".h5", ".zarr"):
+        out = tmp_path / f"out{suffix}"
+        res = _cli("apply", "-m", m2d_path, "-i", noisy, "-g", clean, "-o", out)
+        assert res.returncode == 0, res.stderr
+        assert "PSNR raw" in res.stderr and "PSNR restored" in res.stderr
+        from scopert.runtime.io import read_image
+
+        with read_image(out, dataset="predictions" if suffix == ".h5" else None) as img:
+            assert img.shape == (2, 12, 512, 512) and img.axes == "czyx"
+            gt = np.asarray(img.array[1])
+        assert 0.0 <= gt.min() and gt.max() > 0.9  # the normalized ground truth, not zeros
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert list(f["predictions"].attrs["channel_names"]) == ["Restored", "Ground Truth"]
+
+
+def test_bench_refuses_shape_with_data_and_apply_points_a_package_to_import(m2d_path, data_dir, tmp_path):
+    res = _cli("bench", m2d_path, "--data", data_dir / "stardist_nuclei_2d/stardist_dsb2018_img2d.tif",
+               "--shape", "256,256")
+    assert res.returncode == 2 and "drop one of them" in res.stderr
+    pkg = tmp_path / "model.zip"
+    pkg.write_bytes(b"PK\x03\x04")
+    res = _cli("apply", "-m", pkg, "-i", data_dir / "stardist_nuclei_2d/stardist_dsb2018_img2d.tif",
+               "-o", tmp_path / "o.tif")
+    assert res.returncode == 2 and "scopert import bioimageio" in res.stderr

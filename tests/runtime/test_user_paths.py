@@ -187,9 +187,9 @@ def _invoke_error(args, out: Path, *words):
 
 
 BAD = {
-    "3d model on a 2D image": ("m3d", "yx", ".tif", (), ("wrong number of axes",)),
+    "3d model on a 2D image": ("m3d", "yx", ".tif", (), ("do not fit this model", "--axes")),
     "window model on a movie shorter than its window": ("win", "tyx", ".tif", (), ("time window",)),
-    "window model on a z-stack of movies": ("win", "tzyx", ".tif", (), ("wrong number of axes",)),
+    "window model on a z-stack of movies": ("win", "tzyx", ".tif", (), ("do not fit this model", "--axes")),
     "unknown output suffix": ("m2d", "yx", ".png", (), ("suffix",)),
     "no output suffix": ("m2d", "yx", "", (), ("suffix",)),
     "-f for an HDF5 output": ("m2d", "yx", ".h5", ("-f", "ome"), ("-f",)),
