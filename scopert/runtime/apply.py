@@ -325,13 +325,29 @@ class _FileSink:
         axes = job.sink_axes if "c" in job.out.axes else job.sink_axes[1:]
         self.perm = [axes.index(a) for a in job.out.axes]
         self.slab_axis = job.out.axes.index(job.sink_axes[1])
+        # Rows of a chunk along the slab axis: HDF5 and Zarr recompress a whole chunk on every write, so rows of
+        # a 2D image (slab axis y) are gathered into chunk-aligned blocks (a 600x600 image: 2 writes, not 600).
+        self.total = job.out.shape[self.slab_axis]
+        along_rows = job.sink_axes[1] in "yx"
+        self.rows = {"zarr": 512, "hdf5": 256}.get(job.out.kind, 1) if along_rows else 1
+        self._pending: list[np.ndarray] = []
+        self._pending_start = 0
 
     def write(self, slab: np.ndarray, start: int) -> None:
         for k in range(slab.shape[1]):  # plane by plane: no second copy of a whole slab
             plane = slab[:, k:k + 1]
             if self.raw is not None:
                 plane = np.concatenate([self.raw(start + k, start + k + 1), plane], 0)
-            self.put(plane, start + k)
+            if self.rows == 1:
+                self.put(plane, start + k)
+                continue
+            if not self._pending:
+                self._pending_start = start + k
+            self._pending.append(plane)
+            end = start + k + 1
+            if end % self.rows == 0 or end == self.total:
+                self.put(np.concatenate(self._pending, 1), self._pending_start)
+                self._pending = []
 
     def put(self, block: np.ndarray, start: int) -> None:
         """Write ``block`` (channels, n, ...) in the sink's axes at ``start`` along the slab axis."""

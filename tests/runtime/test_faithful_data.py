@@ -240,3 +240,26 @@ def test_bench_refuses_shape_with_data_and_apply_points_a_package_to_import(m2d_
     res = _cli("apply", "-m", pkg, "-i", data_dir / "stardist_nuclei_2d/stardist_dsb2018_img2d.tif",
                "-o", tmp_path / "o.tif")
     assert res.returncode == 2 and "scopert import bioimageio" in res.stderr
+
+
+def test_a_2d_image_goes_to_zarr_and_hdf5_in_chunk_aligned_blocks(m2d_path, data_dir, tmp_path, monkeypatch):
+    """A 600x600 image to .zarr took 7.98 s vs 1.44 s to .tif: each of its 600 rows recompressed a chunk."""
+    from scopert.runtime.io.omezarr import OmeZarrWriter
+    from scopert.runtime.io.outputs import _Hdf5Writer
+
+    calls = []
+    for cls in (OmeZarrWriter, _Hdf5Writer):
+        real = cls.write
+        monkeypatch.setattr(cls, "write", lambda self, region, data, real=real: (calls.append(region),
+                                                                                   real(self, region, data))[1])
+    src = data_dir / "em_misc/n2v_sem_demo_test_input.tif"
+    with load(m2d_path, backend="ort", device="cpu") as model:
+        apply_file(model, src, tmp_path / "o.tif")
+        for suffix, blocks in ((".zarr", 2), (".h5", 3)):  # 512 + 88 rows; 256 + 256 + 88 rows
+            calls.clear()
+            apply_file(model, src, tmp_path / f"o{suffix}")
+            assert len(calls) == blocks, (suffix, calls)
+            from scopert.runtime.io import read_image
+
+            with read_image(tmp_path / f"o{suffix}", dataset="predictions" if suffix == ".h5" else None) as img:
+                np.testing.assert_array_equal(np.asarray(img.array), tifffile.imread(tmp_path / "o.tif")[1])
