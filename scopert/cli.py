@@ -99,7 +99,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
                  calibration=calibration)
     # A folder's files are all planned before the first runs; one file is planned (below) right before it runs.
     jobs = plan_folder(model, inp, out, gt, opts, out_suffix, overwrite) if is_folder_run(inp) else [(inp, out, gt)]
-    click.echo(f"model {model_path}: {model.card.family} on {model.backend.info.reason}", err=True)
+    info = model.backend.info
+    click.echo(f"model {model_path}: {model.card.family}, {info.name} on {info.device}, {info.precision}", err=True)
     if cluster:  # scale-out: Dask is imported only here
         from scopert.dist.command import apply_on_cluster
 
@@ -121,14 +122,20 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
 
 @cli.command()
 @click.argument("model_path", type=click.Path(exists=True))
-def info(model_path) -> None:
-    """Print a model's card."""
+@click.option("--json", "as_json", is_flag=True, help="Print the whole card as JSON (for scripts).")
+def info(model_path, as_json) -> None:
+    """Say what a model is and how it will run here; --json prints its whole card."""
+    from scopert.commands.info import summary_lines
     from scopert.runtime import load
     from scopert.runtime.bf16_gate import cpu_caps
     from scopert.runtime.precision_choice import decide
 
     model = load(model_path, backend="ort", device="cpu")
-    click.echo(model.card.to_json())
+    if as_json:
+        click.echo(model.card.to_json())
+    else:
+        for line in summary_lines(model.card, model.path.name):
+            click.echo(line)
     caps = cpu_caps()
     auto = decide("auto", model.card, caps.bf16, caps.bf16_evidence, model.path)
     click.echo(f"precision auto on this CPU ({caps.model}): {auto.precision} ({auto.reason})", err=True)

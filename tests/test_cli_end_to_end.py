@@ -38,7 +38,7 @@ def test_train_export_apply(tmp_path, data_dir):
     assert (tmp_path / "runs" / "tiny" / "metrics.csv").exists()
     res = run_cli("export", tmp_path / "runs" / "tiny", "-o", tmp_path / "tiny.onnx")
     assert res.returncode == 0, res.stderr
-    card = json.loads(run_cli("info", tmp_path / "tiny.onnx").stdout)
+    card = json.loads(run_cli("info", tmp_path / "tiny.onnx", "--json").stdout)
     assert card["family"] == "rcan" and card["verification"]["onnx_vs_torch"]["max_abs_error"] <= 1e-4
     assert card["normalization"]["pmin"] == 2.0 and card["normalization"]["pmax"] == 99.9
     src = tmp_path / "in.tif"

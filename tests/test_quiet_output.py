@@ -62,3 +62,50 @@ def test_piped_train_writes_no_carriage_returns(tmp_path, data_dir):
     lines = out.splitlines()
     assert len(lines) < 15, out
     assert sum("epoch" in line for line in lines) == epochs
+
+
+# ---- each decision logged once (issue 20, item 6) ----------------------------------------------------------------
+def _scopert(*args):
+    return subprocess.run([sys.executable, "-m", "scopert", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_plain_apply_says_each_decision_once(tmp_path, data_dir):
+    from tests.runtime.graphs import conv_stack
+
+    conv_stack(tmp_path / "m.onnx", ndim=2, global_mean=True)  # tile-variant: blend, so the overlap rule applies
+    src = data_dir / "em_misc/n2v_sem_demo_test_input.tif"
+    res = _scopert("apply", "-m", tmp_path / "m.onnx", "-i", src, "-o", tmp_path / "o.tif", "-O", "1,1")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 0, res.stderr
+    # backend, precision, the model in one line, the overlap correction per axis, the result (was 3x the backend,
+    # the precision twice, each overlap correction twice and the result twice)
+    assert len(lines) <= 6, lines
+    assert sum("chosen because" in ln or "fastest CPU engine" in ln for ln in lines) <= 1, lines
+    assert [ln.split("axis ")[1][:3] for ln in lines if "below 2x the halo" in ln] == ["'y'", "'x'"], lines
+
+
+def test_a_truncated_tiff_is_one_line(tmp_path, data_dir):
+    from tests.runtime.graphs import conv_stack
+
+    conv_stack(tmp_path / "m.onnx", ndim=3)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes((data_dir / "em_misc/cylindra_13pf_MT.tif").read_bytes()[:20000])
+    res = _scopert("apply", "-m", tmp_path / "m.onnx", "-i", cut, "-o", tmp_path / "o.tif")
+    assert res.returncode == 2
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith(("ERROR", "error"))] == [
+        next(ln for ln in res.stderr.splitlines() if ln.startswith("error: ") and "truncated or corrupt" in ln)]
+
+
+def test_info_says_what_the_model_is_before_any_json(tmp_path):
+    import json
+
+    from tests.runtime.graphs import conv_stack
+
+    conv_stack(tmp_path / "m.onnx", ndim=3)
+    res = _scopert("info", tmp_path / "m.onnx")
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and lines[0].startswith("model ") and len(lines) < 15, lines
+    assert any(ln.startswith("halo ") for ln in lines) and "{" not in res.stdout
+    card = json.loads(_scopert("info", tmp_path / "m.onnx", "--json").stdout)
+    assert card["input"]["axes"] == "bczyx"

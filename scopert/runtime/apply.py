@@ -408,7 +408,7 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
     stats = dict(model.last_stats.__dict__) if model.last_stats else {}
     stats.pop("stages", None)
     voxels = float(np.prod(job.image.shape))
-    log.info("%s -> %s: %s in %.2f s (%.2f Mvox/s)%s%s", job.input_path.name, job.output_path.name,
+    log.debug("%s -> %s: %s in %.2f s (%.2f Mvox/s)%s%s", job.input_path.name, job.output_path.name,
              job.image.shape, seconds, voxels / seconds / 1e6, ", read tile by tile" if lazy else "",
              ", written slab by slab" if stream else "")
     return ApplyResult(job.input_path, job.output_path, job.image.shape, seconds, voxels / seconds, stream, lazy,

@@ -70,7 +70,8 @@ def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes:
         from scopert.runtime.bf16_gate import apply_precision
 
         apply_precision(model, precision, calibration, gate_db, threads)
-    log.info("loaded %s (%s) on %s: %s", path.name, card.family, model.backend.info.name, model.backend.info.reason)
+    # the backend and precision decisions were logged once each where they were made
+    log.debug("loaded %s (%s) on %s: %s", path.name, card.family, model.backend.info.name, model.backend.info.reason)
     return model
 
 
@@ -115,6 +116,7 @@ class Model:
         self.path = path
         self.in_layout, self.out_layout = layouts(card)
         self.last_stats: PipelineStats | None = None
+        self._last_plan: tuple[tuple, RunPlan] | None = None  # a run planned again (check, then run) is planned once
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, family={self.card.family!r}, backend={self.backend.info.name!r})"
@@ -162,6 +164,9 @@ class Model:
 
         ``tile`` and ``overlap`` name the model's own axes; loop axes (planes a 2D model runs over) get tiles
         of one plane and no halo, and several planes share a batch (default 4 tiles per call)."""
+        key = (tuple(shape.items()), repr(tile), repr(overlap), stitch, batch, window, loop)
+        if self._last_plan is not None and self._last_plan[0] == key:
+            return self._last_plan[1]
         if stitch not in STITCH_MODES:
             raise ConfigError(f"stitch={stitch!r}; choose one of {', '.join(STITCH_MODES)}.")
         if stitch == "auto":
@@ -175,8 +180,10 @@ class Model:
             tiles = {**{ax: 1 for ax in loop}, **tiles}
             overlaps = None if overlaps is None else {**{ax: 0 for ax in loop}, **overlaps}
         plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps)
-        return RunPlan(plan, self.in_layout.with_loop(loop), self.out_layout.with_loop(loop),
-                       self.card.output.channels, stitch, batch or (4 if loop else 1), window)
+        rp = RunPlan(plan, self.in_layout.with_loop(loop), self.out_layout.with_loop(loop),
+                     self.card.output.channels, stitch, batch or (4 if loop else 1), window)
+        self._last_plan = (key, rp)
+        return rp
 
     # ---- running -------------------------------------------------------------------------------------
     def _run(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,

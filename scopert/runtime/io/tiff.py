@@ -45,28 +45,33 @@ _BIGTIFF_BYTES = 2**32 - 2**25
 # ----------------------------------------------------------------------------------------- reading
 
 
-class _ErrorCapture(logging.Handler):
-    """Collect tifffile's ERROR records from the current thread (other threads' records are theirs)."""
+class _ErrorCapture(logging.Filter):
+    """Take tifffile's ERROR records from the current thread (other threads' records are theirs).
+
+    A filter on tifffile's logger, not a handler: the records it takes are not printed as well, so a damaged file
+    is reported once, by ScopeRT's own line that names the fix."""
 
     def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
+        super().__init__()
         self.thread = threading.get_ident()
         self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self.thread and record.levelno >= logging.ERROR:
             self.messages.append(record.getMessage())
+            return False
+        return True
 
 
 @contextmanager
 def _capture_tifffile_errors() -> Iterator[list[str]]:
-    handler = _ErrorCapture()
+    capture = _ErrorCapture()
     tl = logging.getLogger("tifffile")
-    tl.addHandler(handler)
+    tl.addFilter(capture)
     try:
-        yield handler.messages
+        yield capture.messages
     finally:
-        tl.removeHandler(handler)
+        tl.removeFilter(capture)
 
 
 def _corrupt(path: Path, detail: str) -> InputError:
