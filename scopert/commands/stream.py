@@ -105,27 +105,35 @@ def stream(replay_path, fps, model_path, output_path, no_output, on_full, max_qu
     from scopert.runtime.replay import read_replay_stack, replay
 
     frames = read_replay_stack(replay_path)
+    physical = None
+    if plan.output is not None:  # the movie's pixel size, after the model's scale, goes into the output
+        from scopert.runtime.io import read_image
+
+        with read_image(replay_path) as movie:
+            physical = movie.physical
     if plan.total < len(frames):
         frames = frames[:plan.total]
     model = load(model_path, backend=backend, precision=precision,
                  calibration=frames[0] if precision == "bf16" else None)
-    click.echo(f"model {Path(model_path).name} on {model.backend.info.name} ({model.backend.info.precision}): "
-               f"{model.backend.info.reason}", err=True)
+    click.echo(f"model {Path(model_path).name}: {model.card.family}, {model.backend.info.name} "
+               f"({model.backend.info.precision})", err=True)
     # The pipeline logs one INFO line per predict call: one per frame here, 36000 lines an hour. Keep them for -v.
     pipeline_log = logging.getLogger("scopert.runtime.pipeline")
     level = pipeline_log.level
     if not click.get_current_context().find_root().params.get("verbose"):
         pipeline_log.setLevel(logging.WARNING)
     try:
+        if physical:
+            physical = physical.scaled(model.card.output.scale).for_axes("tyx")
         report = replay(model, frames, plan.fps, on_full=on_full, max_queue=max_queue, output=plan.output,
-                        total=plan.total)
+                        total=plan.total, physical=physical)
     finally:
         pipeline_log.setLevel(level)
     for key, value in report.as_dict().items():
         if isinstance(value, float):
             value = f"{value:.4g}"
         elif isinstance(value, list):
-            value = ", ".join(f"{v:.4g}" for v in value)
+            value = ", ".join(f"{v:.4g}" for v in value[:50]) + (f" ... ({len(value)})" if len(value) > 50 else "")
         click.echo(f"{key:>20}: {value}")
     if plan.json_path:
         plan.json_path.write_text(json.dumps(report.as_dict(), indent=2))

@@ -53,6 +53,7 @@ class ReplayReport:
     movie_frames: int = 0  # frames in the recording; fewer than ``frames`` when it was looped
     # p99 latency of the first, middle and last third of the outputs: a run that slows down shows it here
     latency_p99_thirds_s: list[float] | None = None
+    dropped_frames: list[int] | None = None  # indices (in the offered sequence) of the frames that were dropped
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,12 +103,13 @@ def read_replay_stack(path: str | Path) -> np.ndarray:
 
 
 class _PageWriter:
-    """Writes outputs as they come: one TIFF page each, under a temporary name renamed at the end.
+    """Writes outputs as they come, one TIFF page each, as one time series (axes T, Y, X; T, C, Y, X for several
+    output channels) with the frame interval and pixel size, under a temporary name renamed at the end.
 
     A failed run (an error, Ctrl-C, a full disk) deletes the temporary, so nothing is left under either name.
     """
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, physical: Any = None) -> None:
         import tifffile
 
         from scopert.runtime.io.atomic import partial_path, remove_stale_partials
@@ -116,7 +118,9 @@ class _PageWriter:
         self.tmp = partial_path(self.dest)
         remove_stale_partials(self.dest)
         self.tif = tifffile.TiffWriter(self.tmp, bigtiff=True)
+        self.physical = physical
         self.count = 0
+        self._held: np.ndarray | None = None
 
     def _failure(self, exc: OSError) -> Exception:
         from scopert.runtime.io.atomic import DiskFullError, disk_full_cause, disk_full_message
@@ -127,14 +131,36 @@ class _PageWriter:
         return OutputError(f"writing {self.dest} failed ({exc}); check the folder's permissions and free space")
 
     def write(self, frame: np.ndarray) -> None:
+        # The first frame waits for the second: tifffile's series of one contiguous 2D page has no T axis, so a
+        # run that restored one frame writes it as (1, y, x) at close instead.
+        frame = np.asarray(frame, np.float32)
+        if self.count == 0 and self._held is None:
+            self._held = frame
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._write(held)
+        self._write(frame)
+
+    def _write(self, frame: np.ndarray, single: bool = False) -> None:
+        axes = "T" + ("CYX" if frame.ndim - single == 3 else "YX")
+        meta: dict[str, Any] = {"axes": axes}
+        kw: dict[str, Any] = {}  # the same tags on every page, or tifffile starts a new series
+        if self.physical:
+            meta["physical_sizes"] = self.physical.to_dict()  # read back by ScopeRT; the tags for every reader
+            x, y = self.physical.get("x", "centimeter"), self.physical.get("y", "centimeter")
+            if x and y:
+                kw = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "CENTIMETER"}
         try:
-            self.tif.write(np.asarray(frame, np.float32), contiguous=True)
+            self.tif.write(frame, contiguous=True, metadata=meta, **kw)
         except OSError as exc:
             raise self._failure(exc) from exc
         self.count += 1
 
     def close(self, ok: bool) -> None:
         try:
+            if ok and self._held is not None:
+                self._write(self._held[None], single=True)
             self.tif.close()
         except OSError as exc:
             self.tmp.unlink(missing_ok=True)
@@ -168,10 +194,11 @@ def _drain(stream) -> None:
 
 def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_queue: int = 4,
            output: str | Path | None = None, on_output: Callable[[np.ndarray], None] | None = None,
-           total: int | None = None, **predict_kwargs) -> ReplayReport:
+           total: int | None = None, physical: Any = None, **predict_kwargs) -> ReplayReport:
     """Replay ``frames`` (t, y, x) at ``fps`` through ``model.open_stream`` and report the keep-up verdict.
 
-    ``total`` frames are offered (default: the movie once); more than the movie holds loops it."""
+    ``total`` frames are offered (default: the movie once); more than the movie holds loops it. ``physical``
+    (PhysicalSizes of the output frames) goes into the output's metadata, with the replayed frame interval."""
     fps = check_rate(fps)
     frames = np.asarray(frames)
     if frames.ndim != 3:
@@ -180,9 +207,15 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
     if total < 1:
         raise ConfigError(f"--frames {total}: replay at least one frame.")
     stream = model.open_stream(on_full=on_full, max_queue=max_queue, **predict_kwargs)
-    writer = _PageWriter(Path(output)) if output is not None else None
     interval = 1.0 / fps
+    if output is not None:
+        from scopert.runtime.io.physical import PhysicalSizes
+
+        given = physical or PhysicalSizes()  # the movie's frame interval, else the replayed camera's
+        physical = PhysicalSizes({"t": interval, **given.sizes}, {"t": "second", **given.units})
+    writer = _PageWriter(Path(output), physical) if output is not None else None
     feed_state = {"lateness": 0.0, "backlog": 0}
+    dropped_at: list[int] = []
     stop = threading.Event()  # set when the consumer fails (an error or Ctrl-C): the camera side stops at once
     start = time.perf_counter()
 
@@ -195,7 +228,8 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
                 if (due > now and stop.wait(due - now)) or stop.is_set():
                     break
                 feed_state["lateness"] = max(feed_state["lateness"], time.perf_counter() - due)
-                stream.push(frame)
+                if not stream.push(frame):
+                    dropped_at.append(i)
             feed_state["backlog"] = stream.stats.accepted - stream.stats.produced
         except BaseException:  # noqa: BLE001 - the stream's error reaches the consumer
             pass
@@ -243,7 +277,7 @@ def replay(model, frames: np.ndarray, fps: float, on_full: str = "drop", max_que
         max_queue=max_queue, max_lateness_s=lateness, backlog_at_end=backlog, wall_s=wall,
         output_fps=st.produced / wall if wall else 0.0, kept_up=kept_up, verdict=verdict,
         output=str(output) if output is not None else None, movie_frames=len(frames),
-        latency_p99_thirds_s=latency_thirds(st.latencies),
+        latency_p99_thirds_s=latency_thirds(st.latencies), dropped_frames=dropped_at,
     )
     log.info("replay: %s", verdict)
     return report

@@ -88,3 +88,26 @@ def test_replay_file_with_wrong_axes(data_dir, tmp_path):
         read_replay_stack(vol)
     with pytest.raises(InputError, match="has 2 axes"):
         read_replay_stack(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
+
+
+def test_stream_output_is_a_time_series_with_sizes_and_the_dropped_frames_named(model2d, movie, tmp_path):
+    """Issue 20: the output was a plain float32 TIFF with axes QYX, no frame interval, no word of which frames
+    were dropped."""
+    from scopert.runtime.io import read_image
+    from scopert.runtime.io.physical import PhysicalSizes
+
+    model = load(model2d, backend="ort", device="cpu")
+    out = tmp_path / "restored.tif"
+    physical = PhysicalSizes({"y": 0.65, "x": 0.65, "t": 0.05}, {"y": "micrometer", "x": "micrometer", "t": "second"})
+    rep = replay(model, movie, fps=1e6, on_full="drop", max_queue=1, output=out, tile=128, physical=physical)
+    assert rep.dropped > 0 and len(rep.dropped_frames) == rep.dropped
+    kept = [i for i in range(40) if i not in rep.dropped_frames]
+    with read_image(out) as img:
+        assert img.axes == "tyx" and img.shape[0] == rep.produced == len(kept)
+        assert img.physical.get("x") == pytest.approx(0.65) and img.physical.get("t") == pytest.approx(0.05)
+        written = np.asarray(img.array)
+    assert np.allclose(written[-1], model.predict(movie[kept[-1]], tile=128), atol=1e-5)  # page k = kept[k]
+    with tifffile.TiffFile(out) as tif:  # an independent reader sees the time axis and the pixel size
+        assert tif.series[0].axes == "TYX"
+        num, den = tif.pages[0].tags["XResolution"].value
+        assert den / num == pytest.approx(0.65e-4)  # centimetres per pixel

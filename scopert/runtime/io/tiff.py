@@ -188,10 +188,15 @@ def _physical_sizes(tif: tifffile.TiffFile, series: Any, axes: str, path: Path) 
         else:
             tags = series.keyframe.tags
             res = tuple(tags[k].value for k in ("XResolution", "YResolution") if k in tags)
-            if tif.is_imagej:
+            shaped = (tif.shaped_metadata or [{}])[0] if tif.is_shaped else {}
+            if isinstance(shaped.get("physical_sizes"), dict):  # written by ScopeRT (scopert stream)
+                physical = PhysicalSizes(**{k: dict(v) for k, v in shaped["physical_sizes"].items()})
+            elif tif.is_imagej:
                 physical = from_imagej(tif.imagej_metadata, res, axes)
             elif "ResolutionUnit" in tags and int(tags["ResolutionUnit"].value) == 3 and len(res) == 2:
                 physical = from_imagej({"unit": "cm"}, res, "yx")
+                physical = PhysicalSizes({a: physical.get(a, "micrometer") for a in physical.sizes},
+                                         {a: "micrometer" for a in physical.sizes})
             else:
                 physical = PhysicalSizes()
     except Exception as e:  # noqa: BLE001 - damaged metadata: the pixels still read, the sizes are unknown
