@@ -121,7 +121,8 @@ def package_model(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
     card = grid_halo(read_card(onnx_path))
     check_packable(card)
     raw = read_sample(card, sample)
-    test_in = test_tile(card, raw)
+    notes: list[str] = []
+    test_in = test_tile(card, raw, notes)
     test_out = reference_output(onnx_path, card, test_in)
 
     with tempfile.TemporaryDirectory(prefix="scopert-bioimageio-") as tmp:
@@ -152,7 +153,7 @@ def package_model(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
             raise OutputError(f"cannot write {out_path} ({exc.strerror}). Choose a writable folder.") from None
         finally:
             tmp_zip.unlink(missing_ok=True)
-    warnings = [str(w.msg) for w in loaded.validation_summary.warnings]
+    warnings = notes + [str(w.msg) for w in loaded.validation_summary.warnings]
     log.info("wrote %s: load_description %s, test_model %s", out_path, status, summary.status)
     return PackageResult(out_path, status, summary.status, tuple(test_in.shape), warnings)
 
@@ -363,10 +364,12 @@ def data_axes(card: ModelCard, shape: tuple[int, ...]) -> str:
                      f"with axes {plain!r}. Pass --sample with such an image.")
 
 
-def test_tile(card: ModelCard, image: np.ndarray) -> np.ndarray:
+def test_tile(card: ModelCard, image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
     """A centred crop of a real image, raw counts as float32, in the model's input layout with batch 1.
 
-    Every tiled axis gets the largest valid size (``min + n*step``) up to TEST_TILE_CAP or the image size.
+    Every tiled axis gets the largest valid size (``min + n*step``) up to TEST_TILE_CAP or the image size. An
+    image shorter than the smallest valid size along an axis (16 z planes for a model that needs 19) is mirrored
+    at both ends to that size, as the runtime pads tiles at image borders, and ``notes`` says so.
     """
     image = np.asarray(image)
     if image.dtype.kind not in "uif" or not np.all(np.isfinite(image)):
@@ -389,8 +392,16 @@ def test_tile(card: ModelCard, image: np.ndarray) -> np.ndarray:
                 lo = max(lo, int(card.input.time_window or 1))
             size = lo + max(0, (min(n, TEST_TILE_CAP[ax]) - lo) // step) * step
         if n < size:
-            raise InputError(f"the sample image is {n} long on axis {ax!r}; the model needs at least {size}. "
-                             "Pass a larger real image with --sample.")
+            before = (size - n) // 2
+            pads = [(0, 0)] * image.ndim
+            pads[i] = (before, size - n - before)
+            image = np.pad(image, pads, mode="reflect" if n > 1 else "edge")
+            message = (f"the sample image is {n} long on axis {ax!r} and the model needs at least {size}: its test "
+                       f"tile mirrors it at both ends to {size} (pass a larger image with --sample to avoid that)")
+            log.warning("%s", message)
+            if notes is not None:
+                notes.append(message)
+            n = size
         start = (n - size) // 2
         index.append(slice(start, start + size))
     tile = image[tuple(index)].astype(np.float32)

@@ -27,7 +27,7 @@ from bioimageio.spec.utils import read_yaml, write_yaml  # noqa: E402
 
 from scopert.card import ModelCard  # noqa: E402
 from scopert.export import export_run  # noqa: E402
-from scopert.export.bioimageio_export import SEEDS, PackageOptions, package_model  # noqa: E402
+from scopert.export.bioimageio_export import SEEDS, PackageOptions, package_model, size_parameters  # noqa: E402
 from scopert.export.bioimageio_import import import_package  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 from tests.bioimageio import foreign_package  # noqa: E402
@@ -308,3 +308,17 @@ def test_bad_packages_exit_2_and_write_nothing(packages, case, tmp_path, monkeyp
     if case in ("wrong_sha256", "invalid"):  # bioimageio.spec's own words are shown
         assert ("sha256 mismatch" in err.lower()) if case == "wrong_sha256" else ("name" in err)
     assert not target.exists() and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_sample_thinner_than_the_model_needs_is_mirrored_and_said(packages, tmp_path, data_dir):
+    """Issue 20: `scopert package` refused the demo's own model (16 z planes, the model needs 19)."""
+    root, out = packages
+    card, onnx_path, _ = out["unet3d"]
+    thin = _ovule(data_dir)[:3]  # 3 real planes; the U-Net's smallest valid z size is larger
+    lo, _ = size_parameters(card, "z")
+    assert lo > 3
+    np.save(tmp_path / "thin.npy", thin)
+    res = package_model(onnx_path, tmp_path / "thin.zip", tmp_path / "thin.npy")
+    assert res.test_model == "passed" and (tmp_path / "thin.zip").is_file()
+    assert res.test_input_shape[2] >= lo
+    assert any("mirrors it at both ends" in w and "axis 'z'" in w for w in res.warnings), res.warnings
