@@ -55,6 +55,9 @@ def cli(verbose: int) -> None:
 @click.option("--channels", "channels", type=click.Choice(["auto", "restored", "all"]), default="auto",
               show_default=True, help="What the output holds: auto = TIFF: normalized raw, restored and GT channels "
               "(3D-RCAN); HDF5/Zarr: restored and GT. restored = the restored image only. all = raw, restored, GT.")
+@click.option("--raw-values", "raw_values", type=click.Choice(["normalized", "input"]), default="normalized",
+              show_default=True, help="The raw channel: the normalized input (3D-RCAN) or the input's own values "
+              "(needs -b 32).")
 @click.option("--channel", "channel", type=int, help="Restore this one channel (0-based) of a multi-channel input "
               "with a 1-channel model.")
 @click.option("--per-channel", "per_channel", is_flag=True, help="Restore each channel of a multi-channel input on "
@@ -69,7 +72,7 @@ def cli(verbose: int) -> None:
 @click.option("--resume", is_flag=True, help="--cluster: go on from the finished blocks of an interrupted run.")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
           rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, channels,
-          channel, per_channel, out_suffix, overwrite, cluster, dist_block, resume) -> None:
+          raw_values, channel, per_channel, out_suffix, overwrite, cluster, dist_block, resume) -> None:
     """Restore an image or a folder of images (the options of 3D-RCAN's apply.py).
 
     Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
@@ -83,7 +86,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     opts = ApplyOptions(tile=_tuple(block_shape, "-B"), overlap=_tuple(block_overlap_shape, "-O"), stitch=stitch,
                         batch=batch, axes=None if model_axes else axes, bits=int(bits), fmt=fmt,
                         normalize_output=normalize_output, rescale=rescale, p_min=p_min, p_max=p_max,
-                        dataset=dataset, channels=channels, channel=channel, per_channel=per_channel)
+                        dataset=dataset, channels=channels, raw_values=raw_values, channel=channel,
+                        per_channel=per_channel)
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
     out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
     calibration = None

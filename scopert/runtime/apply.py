@@ -63,6 +63,7 @@ class ApplyOptions:
     window: str = "gaussian"
     in_memory_bytes: int | None = None  # default: IN_MEMORY_BYTES
     channels: str = "auto"  # auto: TIFF raw+restored(+GT), HDF5/Zarr restored(+GT); restored; all
+    raw_values: str = "normalized"  # the raw channel: the normalized input (3D-RCAN) or the input's own values
     channel: int | None = None  # run this one channel of a multi-channel input (--channel N)
     per_channel: bool = False  # run every channel on its own through a 1-channel model, keeping C (--per-channel)
 
@@ -74,6 +75,11 @@ class ApplyOptions:
                               "pick one.")
         if self.channel is not None and self.per_channel:
             raise ConfigError("--channel N runs one channel and --per-channel runs each; pick one.")
+        if self.raw_values not in ("normalized", "input"):
+            raise ConfigError(f"--raw-values {self.raw_values!r}: use normalized or input.")
+        if self.raw_values == "input" and self.bits != 32:
+            raise ConfigError(f"--raw-values input keeps the input's own values, which -b {self.bits} would rescale "
+                              "as restored values; use -b 32 (float32 holds 8- and 16-bit counts exactly).")
         if self.channels not in CHANNEL_CHOICES:
             raise ConfigError(f"--channels {self.channels!r}: use one of {', '.join(CHANNEL_CHOICES)}.")
         if self.fmt not in (None, "imagej", "ome"):
@@ -395,10 +401,11 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
         rp = model.plan_for(internal, data_axes, opts.tile, opts.overlap, opts.stitch, opts.batch, opts.window)
         raw_source = _raw_source(job, array) if job.raw_channels else None
         raw_view = None if raw_source is None else _sink_view(raw_source, job.data_axes, job.sink_axes)
+        raw_values = norm if opts.raw_values == "normalized" else _as_float
         try:
             with open_writer(job.out, stream=stream) as writer:
                 sink = _FileSink(job, writer, None if raw_view is None else
-                                 (lambda lo, hi: norm(np.asarray(raw_view[:, lo:hi]))))
+                                 (lambda lo, hi: raw_values(np.asarray(raw_view[:, lo:hi]))))
                 model._run(internal, norm, rp, sink, progress)
         finally:
             reader_of = raw_source.array if isinstance(raw_source, ChannelPlane) else raw_source
@@ -442,7 +449,7 @@ def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> dict[str, floa
         metrics["psnr_restored_db"] = _psnr(channels["restored"], gt)
         log.info("%s vs the ground truth: PSNR %s", job.input_path.name,
                  ", ".join(f"{k.split('_')[1]} {v:.2f} dB" for k, v in metrics.items()))
-    written = [channels["raw"]] if job.raw_channels else []
+    written = [channels.get("raw_input", channels.get("raw"))] if job.raw_channels else []
     written.append(channels["restored"])
     if job.gt_channels:
         written.append(channels["gt"])
@@ -459,11 +466,19 @@ def _compose(job: ApplyJob, array: np.ndarray, gt_array: np.ndarray | None, prog
                              pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
     channels = {"restored": _sink_view(restored, model.output_axes(job.data_axes), job.sink_axes)}
     if all(abs(float(v) - 1.0) < 1e-9 for v in model.card.output.scale.values()):
-        channels["raw"] = norm(_sink_view(array, job.data_axes, job.sink_axes))
+        raw = _sink_view(array, job.data_axes, job.sink_axes)
+        channels["raw"] = norm(raw)  # the metrics compare normalized images
+        if opts.raw_values == "input":
+            channels["raw_input"] = _as_float(raw)
     if gt_array is not None:
         gt_norm = fit_normalization(gt_array, model.card.normalization, opts.p_min, opts.p_max)
         channels["gt"] = gt_norm(_sink_view(gt_array, job.data_axes, job.sink_axes))
     return channels
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    """The input's own values in the output's float32 (exact for 8- and 16-bit counts)."""
+    return np.asarray(values, np.float32)
 
 
 def _psnr(pred: np.ndarray, target: np.ndarray) -> float:

@@ -263,3 +263,15 @@ def test_a_2d_image_goes_to_zarr_and_hdf5_in_chunk_aligned_blocks(m2d_path, data
 
             with read_image(tmp_path / f"o{suffix}", dataset="predictions" if suffix == ".h5" else None) as img:
                 np.testing.assert_array_equal(np.asarray(img.array), tifffile.imread(tmp_path / "o.tif")[1])
+
+
+@pytest.mark.parametrize("with_gt", [False, True])  # streamed, and composed in memory
+def test_the_raw_channel_can_keep_the_input_values(m2d_path, data_dir, tmp_path, with_gt):
+    noisy = data_dir / "w2s_8bit_pairs/w2s_avg1_noisy.tif"
+    args = ["-g", data_dir / "w2s_8bit_pairs/w2s_avg400_clean.tif"] if with_gt else []
+    res = _cli("apply", "-m", m2d_path, "-i", noisy, "-o", tmp_path / "o.tif", "--raw-values", "input", *args)
+    assert res.returncode == 0, res.stderr
+    out = tifffile.imread(tmp_path / "o.tif")
+    np.testing.assert_array_equal(out[:, 0], tifffile.imread(noisy).astype(np.float32))  # Z, C, Y, X: raw first
+    res = _cli("apply", "-m", m2d_path, "-i", noisy, "-o", tmp_path / "b.tif", "--raw-values", "input", "-b", "16")
+    assert res.returncode == 2 and "use -b 32" in res.stderr
