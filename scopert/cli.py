@@ -230,7 +230,12 @@ def train(family, config_path, out_dir, no_resume) -> None:
 @click.option("--opt", "opt_txt", type=click.Path(exists=True), help="tagan: the seed's test_opt.txt.")
 @click.option("--trust-checkpoint", "trust", is_flag=True,
               help="Let the full unpickler read objects beyond tensors; it can run code, so only for trusted files.")
-def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_txt, trust) -> None:
+@click.option("--weights", "weights_format", type=click.Choice(["onnx", "torchscript", "pytorch_state_dict"]),
+              help="bioimageio: the weights to import (default: the first of onnx, torchscript, pytorch_state_dict).")
+@click.option("--trust-package", is_flag=True, help="bioimageio: load a pytorch_state_dict package's architecture "
+              "file (Python code from the package); only for packages you trust.")
+def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_txt, trust, weights_format,
+            trust_package) -> None:
     """Import a checkpoint of the original repository into a run folder.
 
     rcan: a 3D-RCAN Keras .hdf5 file or folder (best by the loss in the name). unet: a pytorch-3dunet
@@ -242,10 +247,12 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
     if family == "bioimageio":  # a bioimage.io package (.zip, rdf.yaml or folder) -> one ScopeRT .onnx
         from scopert.export.bioimageio_import import import_package
 
-        res = import_package(path, out_dir)
+        res = import_package(path, out_dir, weights_format=weights_format, trust_package=trust_package)
         click.echo(f"{res.path}: {res.weights} weights; vs the package's test output max abs "
                    f"{res.max_abs_error:.3g}, max rel {res.max_rel_error:.3g}; halo {res.card.halo}", err=True)
         return
+    if weights_format or trust_package:
+        raise ConfigError("--weights and --trust-package apply to bioimage.io packages (scopert import bioimageio).")
     if family in ("unet", "cnnt") and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
     if family == "rcan":

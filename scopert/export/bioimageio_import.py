@@ -52,10 +52,13 @@ class ImportResult:
 
 # ---- public ------------------------------------------------------------------------------------------
 def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset: int = 17,
-                   weights_format: str | None = None) -> ImportResult:
+                   weights_format: str | None = None, trust_package: bool = False) -> ImportResult:
     """Write ``out_path`` (.onnx) from a bioimage.io model package; nothing is written on any error.
 
-    ``weights_format``: one of WEIGHT_PRIORITY to use instead of the first available one.
+    Offline by default: the description is validated without fetching its files, and only the weights entry that
+    is used is read (a remote one is fetched then, and a failed fetch names the way out). ``weights_format``: one
+    of WEIGHT_PRIORITY to use instead of the first available one. ``trust_package``: ``pytorch_state_dict`` weights
+    come with an architecture file, Python code from the package that runs on import; it is loaded only then.
     """
     require_bioimageio()
     from scopert.checksum import sha256_file
@@ -67,9 +70,15 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
     descr = load_model_description(source)
     inp, out = _single_tensors(descr)
     fmt, weights = pick_weights(descr, weights_format)
-    check_declared_sha256(source, fmt)
+    if fmt == "pytorch_state_dict" and not trust_package:
+        raise CheckpointError(f"{source.name} has {fmt} weights, whose architecture ({_architecture(weights)}) is "
+                              "Python code from the package that runs when it is loaded; pass --trust-package if "
+                              "you trust its source, or choose other weights with --weights "
+                              f"({', '.join(k for k, v in descr.weights if v is not None and k != fmt) or 'none'}).")
+    sha_note = check_declared_sha256(source, fmt)
     card = card_from_description(descr, inp, out)
-    proto, notes = _onnx_for(inp, fmt, weights, card, opset)
+    proto, notes, weights_sha = _onnx_for(inp, fmt, weights, card, opset)
+    notes += [sha_note] if sha_note else []
     pre_ops, post_ops = split_processing(inp, out)
     stored = (descr.config.model_extra or {}).get("scopert") if descr.config is not None else None
     if isinstance(stored, dict):  # written by ScopeRT: its card's normalization is the whole preprocessing
@@ -83,8 +92,9 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
     if border:
         notes.append(border)
         card.notes = f"{card.notes} {border}".strip()
-    card.source = Source(path=str(source), sha256=sha256_file(source) if source.is_file() else "",
-                         format=f"bioimageio:{fmt}")
+    # a zip identifies the whole package; a folder or yaml by the weights file that was used
+    card.source = Source(path=str(source), sha256=sha256_file(source) if source.suffix.lower() == ".zip"
+                         else weights_sha, format=f"bioimageio:{fmt}")
     card.verification = dict(card.verification)
     check = compare_with_test_tensors(proto, descr, inp, out, card, fmt)
     card.verification["bioimageio_test_tensors"] = check
@@ -108,7 +118,11 @@ def load_model_description(source: Path) -> Any:
         check_zip(source)
     elif source.is_file() and source.suffix.lower() not in (".yaml", ".yml"):
         raise InputError(f"{source} is neither a .zip package nor an rdf.yaml; pass one of those or the folder.")
-    descr = load_description(source, format_version="latest")
+    # perform_io_checks=False: validate without fetching every file the description names (a weights entry
+    # ScopeRT will not use may be a URL, and acquisition PCs are often offline); the one used is checked on read
+    descr = load_description(source, format_version="latest", perform_io_checks=False)
+    if isinstance(descr, InvalidDescr):  # a 0.4 description that the spec cannot convert as it is
+        descr = _converted_from_0_4(source) or descr
     summary = descr.validation_summary
     if isinstance(descr, InvalidDescr) or summary.status == "failed":
         errors = [f"{'.'.join(map(str, e.loc)) or '(root)'}: {e.msg}" for e in summary.errors][:6]
@@ -134,17 +148,62 @@ def check_zip(path: Path) -> None:
                              "Re-create the package with bioimageio.spec's save_bioimageio_package.")
 
 
-def check_declared_sha256(source: Path, fmt: str) -> None:
-    """The weights must name their sha256 in the description as written (bioimageio.spec would fill a missing one
-    in from whatever file it finds, which proves nothing about the file the author meant)."""
+def check_declared_sha256(source: Path, fmt: str) -> str:
+    """Whether the weights name their sha256 in the description as written; a note when they do not.
+
+    A declared sha256 is checked when the file is read. Many zoo packages of format 0.4 declare none (the spec
+    made it optional): then nothing proves the file is the one the author packaged, the card records the file's
+    own sha256, and the note says so."""
     from bioimageio.spec.utils import open_bioimageio_yaml
 
     content = open_bioimageio_yaml(source).content
     entry = (content.get("weights") or {}).get(fmt) or {}
-    if not entry.get("sha256"):
-        raise CheckpointError(f"the {fmt} weights in {source.name} declare no sha256, so ScopeRT cannot tell whether "
-                              "the file is the one the author packaged; add weights." + fmt + ".sha256 (bioimageio.spec's "
-                              "save_bioimageio_package writes it).")
+    if entry.get("sha256"):
+        return ""
+    note = (f"the {fmt} weights of {source.name} declare no sha256, so nothing proves the file is the one the "
+            "author packaged; the card records the file's own sha256")
+    log.warning("%s", note)
+    return note
+
+
+def _architecture(weights: Any) -> str:
+    arch = getattr(weights, "architecture", None)
+    src = getattr(arch, "source", None) or getattr(arch, "source_file", None)
+    return f"{src}:{getattr(arch, 'callable', '?')}" if src is not None else str(arch)
+
+
+def _converted_from_0_4(source: Path) -> Any:
+    """A format 0.4 description that is valid as 0.4 but that bioimageio.spec refuses to convert: a fixed output
+    shape with a halo (the zoo's own fixed-shape example). Its output follows its input one to one, so the output
+    shape becomes a reference to the input (scale 1, offset 0), which the conversion accepts. None otherwise."""
+    from bioimageio.spec import InvalidDescr, build_description, load_description
+    from bioimageio.spec._internal.validation_context import ValidationContext
+    from bioimageio.spec.utils import open_bioimageio_yaml
+
+    old = load_description(source, format_version="discover", perform_io_checks=False)
+    if isinstance(old, InvalidDescr) or str(getattr(old, "format_version", "")).split(".")[:2] != ["0", "4"]:
+        return None
+    opened = open_bioimageio_yaml(source)
+    content = dict(opened.content)
+    inputs = {t.get("name"): t for t in content.get("inputs", [])}
+    outputs = []
+    for tensor in content.get("outputs", []):
+        tensor = dict(tensor)
+        ref = next(iter(inputs.values()), None) if len(inputs) == 1 else None
+        if isinstance(tensor.get("shape"), list) and tensor.get("halo") and ref is not None \
+                and ref.get("shape") == tensor["shape"] and ref.get("axes") == tensor.get("axes"):
+            n = len(tensor["shape"])
+            tensor["shape"] = {"reference_tensor": ref["name"], "scale": [1.0] * n, "offset": [0.0] * n}
+        outputs.append(tensor)
+    content["outputs"] = outputs
+    with ValidationContext(root=opened.original_root, file_name=opened.original_file_name,
+                           perform_io_checks=False):
+        descr = build_description(content, format_version="latest")
+    if isinstance(descr, InvalidDescr):
+        return None
+    log.info("%s: format 0.4 description converted with its fixed output shape as a reference to the input",
+             source.name)
+    return descr
 
 
 def border_note(inp: Any) -> str:
@@ -401,12 +460,29 @@ def append_steps(proto: Any, steps: list[Any], axes: str, at_input: bool) -> Any
 
 
 # ---- weights -> ONNX -----------------------------------------------------------------------------------------
-def _onnx_for(inp: Any, fmt: str, weights: Any, card: ModelCard, opset: int) -> tuple[Any, list[str]]:
+def _fetch_checked(fmt: str, weights: Any) -> str:
+    """Read the chosen weights once (a remote source is fetched now, and only now) and return their sha256; a
+    failed fetch says so."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(weights.get_reader().read()).hexdigest()
+    except ValueError as exc:  # sha256 mismatch raised by bioimageio.spec's reader
+        raise CheckpointError(f"the {fmt} weights do not match the package: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - httpx/OS errors of a remote source (no network, 404, ...)
+        raise CheckpointError(f"the {fmt} weights ({weights.source}) cannot be read ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); download the file and point weights.{fmt}.source of the package "
+                              "at it, or choose other weights with --weights.") from None
+
+
+def _onnx_for(inp: Any, fmt: str, weights: Any, card: ModelCard, opset: int) -> tuple[Any, list[str], str]:
+    """The graph, notes, and the sha256 of the weights file it came from."""
+    sha = _fetch_checked(fmt, weights)
     if fmt == "onnx":
-        return _read_onnx(weights), []
+        return _read_onnx(weights), [], sha
     module = _torch_module(fmt, weights)
     proto = _export_torch(module, card, export_shapes(inp, card), opset)
-    return proto, [f"{fmt} weights exported to ONNX opset {opset} by ScopeRT"]
+    return proto, [f"{fmt} weights exported to ONNX opset {opset} by ScopeRT"], sha
 
 
 def _read_onnx(weights: Any) -> Any:

@@ -208,7 +208,8 @@ def test_import_of_own_package_is_lossless_and_equals_bioimageio_core(packages, 
 def test_foreign_package_imports_and_equals_bioimageio_core(foreign, kind, fmt, tmp_path, data_dir):
     package = foreign[kind]
     assert core_test_model(package).status == "passed"  # the package itself is sound by bioimageio.core's own test
-    res = import_package(package, tmp_path / f"{kind}.onnx", weights_format=fmt)
+    res = import_package(package, tmp_path / f"{kind}.onnx", weights_format=fmt,
+                         trust_package=fmt == "pytorch_state_dict")  # its architecture is code from the package
     print(f"\n{kind} ({fmt}): vs the package's test output max abs {res.max_abs_error:.2e}, "
           f"relative {res.max_rel_error:.2e}")
     assert res.weights == fmt and res.mismatched_ppm == 0 and res.max_abs_error <= 1e-4
@@ -264,15 +265,14 @@ def _edit_no_tf(rdf, onnx_name):
     rdf["weights"] = {"tensorflow_saved_model_bundle": {"source": onnx_name, "tensorflow_version": "2.15.0"}}
 
 
-@pytest.mark.parametrize("case", ["zip_slip", "no_weights", "wrong_sha256", "missing_sha256", "invalid", "time_axis",
-                                  "binarize"])
+@pytest.mark.parametrize("case", ["zip_slip", "no_weights", "wrong_sha256", "invalid", "time_axis", "binarize"])
 def test_bad_packages_exit_2_and_write_nothing(packages, case, tmp_path, monkeypatch, capsys):
     _, built = packages
     package = built["rcan2d"][2].path
     folder = tmp_path / "pkg"
     source: Path = folder / "rdf.yaml"
     expect = {"zip_slip": "outside the package", "no_weights": "no weights ScopeRT can use",
-              "wrong_sha256": "not a valid bioimage.io description", "missing_sha256": "declare no sha256",
+              "wrong_sha256": "do not match the package",
               "invalid": "not a valid bioimage.io description", "time_axis": "'time' is not supported",
               "binarize": "'binarize'"}[case]
     if case == "zip_slip":
@@ -287,8 +287,6 @@ def test_bad_packages_exit_2_and_write_nothing(packages, case, tmp_path, monkeyp
             _edit_no_tf(rdf, weights["source"])
         elif case == "wrong_sha256":
             weights["sha256"] = "0" * 64
-        elif case == "missing_sha256":
-            del weights["sha256"]
         elif case == "invalid":
             rdf["name"] = "x"  # too short
             del rdf["inputs"][0]["axes"][2]["size"]
@@ -322,3 +320,13 @@ def test_a_sample_thinner_than_the_model_needs_is_mirrored_and_said(packages, tm
     assert res.test_model == "passed" and (tmp_path / "thin.zip").is_file()
     assert res.test_input_shape[2] >= lo
     assert any("mirrors it at both ends" in w and "axis 'z'" in w for w in res.warnings), res.warnings
+
+
+def test_weights_without_a_declared_sha256_import_with_a_note(packages, tmp_path):
+    """Format 0.4 made the sha256 optional and zoo packages omit it: import, record the file's, and say so."""
+    _, built = packages
+    path, rdf = _unpacked(built["rcan2d"][2].path, tmp_path / "pkg")
+    del rdf["weights"]["onnx"]["sha256"]
+    write_yaml(rdf, path)
+    res = import_package(tmp_path / "pkg" / "rdf.yaml", tmp_path / "m.onnx")
+    assert any("declare no sha256" in n for n in res.notes) and len(res.card.source.sha256) == 64
