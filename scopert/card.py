@@ -57,6 +57,9 @@ class TensorSpec:
     divisor: dict[str, int] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
     time_window: int | None = None
+    # axes whose size the graph fixes (built for one shape, e.g. a bioimage.io package's 1x1x512x512 input): tiles
+    # are exactly that size with the halo inside, and 'b' fixes the batch
+    fixed: dict[str, int] = field(default_factory=dict)
 
     @property
     def spatial_axes(self) -> str:
@@ -288,6 +291,7 @@ def _check_spec(spec: Any, where: str) -> None:
                     lambda v, w: _check_number(v, w, 1.0 / MAX_SCALE, MAX_SCALE))
     if spec.time_window is not None:
         _check_int(spec.time_window, f"{where}.time_window", 1, MAX_TIME_WINDOW)
+    _check_axis_map(spec.fixed, f"{where}.fixed", "b" + tiled, lambda v, w: _check_int(v, w, 1, 1 << 20))
 
 
 def _check_normalization(n: Any, where: str) -> None:

@@ -25,7 +25,9 @@ def summary_lines(card: ModelCard, model_name: str) -> list[str]:
     lines = [
         f"model        {model_name}: {card.family} {card.name!r}",
         f"input        {inp.axes}, {inp.channels} channel(s), divisor {_axes_sizes(inp.divisor)}"
-        + (f", window of {inp.time_window} frames" if inp.time_window else ""),
+        + (f", window of {inp.time_window} frames" if inp.time_window else "")
+        + (f", fixed shape {_axes_sizes(inp.fixed)} (tiles of exactly that size, the halo inside)" if inp.fixed
+           else ""),
         f"output       {out.axes}, {out.channels} channel(s), scale {_axes_sizes(out.scale)}",
         f"halo         {_axes_sizes(card.halo)}; tile-invariant: {'yes (crop stitching)' if card.tile_invariant else 'no (blend stitching by default)'}",
         f"default tile {_axes_sizes(card.default_tile) if card.default_tile else 'none in the card (planned per input)'}",

@@ -255,6 +255,9 @@ def check_tile(card: ModelCard, sizes: tuple[int, ...], axes: str, option: str) 
                           f"are {axes!r} ({len(axes)} sizes).")
     tile = dict(zip(axes, sizes))
     for ax, size in tile.items():
+        if ax in card.input.fixed and size != card.input.fixed[ax]:
+            raise ConfigError(f"{option}: axis {ax!r} = {size}, but the model's graph takes exactly "
+                              f"{card.input.fixed[ax]} there (a fixed input shape); use {card.input.fixed[ax]}.")
         divisor = int(card.input.divisor.get(ax, 1))
         halo = int(card.halo.get(ax, 0))
         scale = float(card.output.scale.get(ax, 1.0))

@@ -145,6 +145,9 @@ class Model:
             if ax in ranges:  # the engine's opt tile: every batch of it fits the profile
                 tile[ax] = int(ranges[ax][1])
                 continue
+            if ax in self.card.input.fixed:  # a graph built for one shape takes tiles of exactly that shape
+                tile[ax] = int(self.card.input.fixed[ax])
+                continue
             d = self.card.input.divisor.get(ax, 1)
             h = self.card.halo.get(ax, 0)
             base = self.card.default_tile.get(ax)
@@ -175,11 +178,21 @@ class Model:
             raise ConfigError(f"batch {batch}: give at least 1 tile per inference call.")
         own = {ax: n for ax, n in shape.items() if ax not in loop}
         tiles = self.default_tile(own) if tile is None else _per_axis(tile, own, "tile")
+        fixed = self.card.input.fixed
+        for ax, size in tiles.items():
+            if ax in fixed and size != fixed[ax]:
+                raise ConfigError(f"tile {size} on axis {ax!r}: this model's graph takes exactly {fixed[ax]} there "
+                                  f"(a fixed input shape); drop -B or give {fixed[ax]}.")
+        if "b" in fixed:
+            if batch is not None and batch != fixed["b"]:
+                raise ConfigError(f"--batch {batch}: this model's graph takes exactly {fixed['b']} tile(s) per call.")
+            batch = fixed["b"]
         overlaps = None if overlap is None else _per_axis(overlap, own, "overlap")
         if loop:
             tiles = {**{ax: 1 for ax in loop}, **tiles}
             overlaps = None if overlaps is None else {**{ax: 0 for ax in loop}, **overlaps}
-        plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps)
+        plan = plan_tiles(shape, tiles, self.card.halo, self.card.input.divisor, self._scales(), stitch, overlaps,
+                          fixed=set(fixed) & set(own))
         rp = RunPlan(plan, self.in_layout.with_loop(loop), self.out_layout.with_loop(loop),
                      self.card.output.channels, stitch, batch or (4 if loop else 1), window)
         self._last_plan = (key, rp)

@@ -105,8 +105,12 @@ def round_up(value: int, divisor: int) -> int:
 
 
 def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: float, mode: str,
-              overlap: int | None = None) -> AxisPlan:
-    """Plan one axis. ``tile`` is the model input size including the halo on both sides."""
+              overlap: int | None = None, fixed: bool = False) -> AxisPlan:
+    """Plan one axis. ``tile`` is the model input size including the halo on both sides.
+
+    ``fixed``: the graph takes exactly ``tile`` here. An image that fits in it is then run as one window of that
+    size, centred on the image (an image of exactly the tile's size runs whole, with no padding at all, as
+    whole-image inference does); a larger one gets tiles of exactly ``tile``."""
     if size < 1:
         raise ConfigError(f"axis {axis!r} has size {size}; the input is empty.")
     if tile % divisor:
@@ -122,6 +126,9 @@ def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: f
     if abs(tile * scale - round(tile * scale)) > 1e-6:
         raise ConfigError(f"tile size {tile} on axis {axis!r} times the output scale {scale} is not an integer.")
 
+    if fixed and size <= tile:
+        start = -((tile - size) // 2)
+        return AxisPlan(axis, size, tile, halo, scale, (AxisTile(start, tile, 0, size, True, True),))
     # An image that fits in one tile gets one window, shrunk to what the image needs.
     if size + 2 * halo <= tile:
         need = round_up(size + 2 * halo, divisor)
@@ -183,11 +190,13 @@ def _grid(axis: str, core: int, divisor: int) -> int:
 
 
 def plan_tiles(shape: dict[str, int], tile: dict[str, int], halo: dict[str, int], divisor: dict[str, int],
-               scale: dict[str, float], mode: str, overlap: dict[str, int] | None = None) -> TilePlan:
-    """Plan tiles over the axes in ``shape`` (ordered: the first is the slowest axis)."""
+               scale: dict[str, float], mode: str, overlap: dict[str, int] | None = None,
+               fixed: set[str] | frozenset[str] = frozenset()) -> TilePlan:
+    """Plan tiles over the axes in ``shape`` (ordered: the first is the slowest axis); ``fixed`` axes take
+    windows of exactly their tile size (see ``plan_axis``)."""
     plans = tuple(
         plan_axis(ax, n, tile[ax], halo.get(ax, 0), divisor.get(ax, 1), scale.get(ax, 1.0), mode,
-                  None if overlap is None else overlap.get(ax))
+                  None if overlap is None else overlap.get(ax), fixed=ax in fixed)
         for ax, n in shape.items()
     )
     return TilePlan("".join(shape), mode, plans)

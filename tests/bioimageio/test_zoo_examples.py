@@ -87,3 +87,31 @@ def test_a_format_0_4_fixed_shape_description_with_an_output_halo_loads(offline,
     sizes = {str(a.id): a.size for a in descr.inputs[0].axes if a.type == "space"}
     assert sizes == {"y": 256, "x": 256}
     assert {str(a.id): a.halo for a in descr.outputs[0].axes if a.type == "space"} == {"y": 8, "x": 8}
+
+
+def test_the_fixed_shape_package_reproduces_its_test_output_on_every_engine(offline, examples, tmp_path):
+    """Issue 21: its 1x1x256x256 input ran as 1024 tiles (OpenVINO reshaped silently, ONNX Runtime refused every
+    call), and the verified graph was not the one written."""
+    import onnxruntime as ort
+
+    src = examples / "unet2d_fixed_shape"
+    out = tmp_path / "fixed.onnx"
+    res = import_package(src, out, trust_package=True)
+    x, expected = np.load(src / "test_input.npy"), np.load(src / "test_output.npy")
+    limit = 1e-4 * max(1.0, float(np.ptp(expected)))
+    card = res.card
+    assert card.input.fixed == {"b": 1, "y": 256, "x": 256} and card.halo == {"y": 8, "x": 8}
+    engines = card.verification["bioimageio_test_tensors"]["engines"]
+    assert all(e["max_abs_error"] <= limit for e in engines.values()), engines
+    # the bytes on disk are the graph that was verified
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    from scopert.export.bioimageio_export import normalize_whole
+
+    written = session.run(None, {session.get_inputs()[0].name: normalize_whole(card, x.astype(np.float32))})[0]
+    assert float(np.max(np.abs(written - expected))) == pytest.approx(res.max_abs_error, abs=1e-7)
+    big = np.random.default_rng(0).random((901, 1101)).astype(np.float32)
+    for backend in ("ort", "openvino"):
+        with load(out, backend=backend, device="cpu") as model:  # apply's path: the whole image, one window
+            got = model.predict(x[0, 0])
+            assert float(np.max(np.abs(got - expected[0, 0]))) <= limit, backend
+            assert model.predict(big).shape == big.shape  # tiles of exactly 256, the halo inside

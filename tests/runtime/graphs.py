@@ -23,7 +23,8 @@ def _conv(name: str, x: str, cin: int, cout: int, ndim: int, rng, kernel: int = 
 def conv_stack(path: Path, ndim: int = 2, layers: int = 3, channels: int = 4, cin: int = 1, cout: int = 1,
                global_mean: bool = False, upsample: int = 1, axes: str | None = None, seed: int = 0,
                time_window: int | None = None, divisor: int = 1, normalization: Normalization | None = None,
-               card: bool = True, halo: int | None = None) -> ModelCard | None:
+               card: bool = True, halo: int | None = None,
+               fixed_shape: tuple[int, ...] | None = None) -> ModelCard | None:
     """A stack of k=3 convs with ReLU; halo = layers. Options: subtract the tile's global mean first
     (tile-variant), nearest upsampling by ``upsample`` at the end (scale), several in/out channels."""
     rng = np.random.default_rng(seed)
@@ -47,7 +48,7 @@ def conv_stack(path: Path, ndim: int = 2, layers: int = 3, channels: int = 4, ci
         nodes.append(helper.make_node("Resize", [x, "", "scales"], ["up"], mode="nearest"))
         x = "up"
     nodes.append(helper.make_node("Identity", [x], ["output"]))
-    dims = ["b", "c"] + [f"s{i}" for i in range(ndim)]
+    dims = list(fixed_shape) if fixed_shape else ["b", "c"] + [f"s{i}" for i in range(ndim)]
     graph = helper.make_graph(
         nodes, "test", [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
@@ -60,7 +61,8 @@ def conv_stack(path: Path, ndim: int = 2, layers: int = 3, channels: int = 4, ci
         result = ModelCard(
             family="test", name=path.stem,
             input=TensorSpec("input", axes, channels=cin, divisor={a: divisor for a in spatial} if divisor > 1 else {},
-                             time_window=time_window),
+                             time_window=time_window,
+                             fixed={a: n for a, n in zip(axes, fixed_shape) if a != "c"} if fixed_shape else {}),
             output=TensorSpec("output", axes, channels=cout, scale={a: float(upsample) for a in spatial}
                               if upsample > 1 else {}, time_window=time_window),
             halo={a: layers if halo is None else halo for a in spatial},
