@@ -490,8 +490,9 @@ def _onnx_for(inp: Any, fmt: str, weights: Any, card: ModelCard, opset: int) -> 
     if fmt == "onnx":
         return _read_onnx(weights), [], sha
     module = _torch_module(fmt, weights)
-    proto = _export_torch(module, card, export_shapes(inp, card), opset)
-    return proto, [f"{fmt} weights exported to ONNX opset {opset} by ScopeRT"], sha
+    notes = [f"{fmt} weights exported to ONNX opset {opset} by ScopeRT"]
+    proto = _export_torch(module, card, export_shapes(inp, card), opset, _test_input_shape(inp), notes)
+    return proto, notes, sha
 
 
 def _read_onnx(weights: Any) -> Any:
@@ -549,6 +550,15 @@ def _torch_module(fmt: str, weights: Any) -> Any:
                               f"({type(exc).__name__}: {exc}).") from None
 
 
+def _test_input_shape(inp: Any) -> tuple[int, ...] | None:
+    from bioimageio.spec.utils import load_array
+
+    try:
+        return tuple(int(n) for n in load_array(inp.test_tensor).shape) if inp.test_tensor is not None else None
+    except (ValueError, OSError):
+        return None
+
+
 def export_shapes(inp: Any, card: ModelCard) -> list[tuple[int, ...]]:
     """Two valid input shapes (batch 1 and 2, sizes ``min + n*step`` with n and n+1) for the ONNX check."""
     from bioimageio.spec.model import v0_5 as bio
@@ -571,12 +581,32 @@ def export_shapes(inp: Any, card: ModelCard) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _export_torch(module: Any, card: ModelCard, shapes: list[tuple[int, ...]], opset: int) -> Any:
-    """ScopeRT's exporter: trace with dynamic axes, then ONNX Runtime vs PyTorch on two valid shapes."""
+def _export_torch(module: Any, card: ModelCard, shapes: list[tuple[int, ...]], opset: int,
+                  test_shape: tuple[int, ...] | None = None, notes: list[str] | None = None) -> Any:
+    """ScopeRT's exporter: trace with dynamic axes, then ONNX Runtime vs PyTorch on two valid shapes.
+
+    A graph that torch's TorchScript exporter cannot export with free sizes (instance norm after a concatenation
+    loses its channel count) is exported for the package's test input shape instead: the card then fixes that
+    shape, and the runtime runs tiles of exactly that size (the test input itself whole)."""
     from scopert.export.onnx_export import _check_opset, _export_onnx, _verify
 
     _check_opset(opset)
-    proto = _export_onnx(module, card, shapes[0], opset, seed=0)
+    try:
+        proto = _export_onnx(module, card, shapes[0], opset, seed=0)
+    except RunError as exc:
+        if test_shape is None or card.input.fixed:
+            raise
+        spatial = {a: int(n) for a, n in zip(card.input.axes, test_shape) if a in "zyx"}
+        note = (f"torch cannot export this graph with free sizes ({str(exc.__cause__ or exc)[:120]}); exported for "
+                f"the test input's shape {spatial}: tiles of exactly that size")
+        log.warning("%s", note)
+        if notes is not None:
+            notes.append(note)
+        card.input.fixed.update(spatial, b=1)
+        card.default_tile.update(spatial)
+        fixed_shape = tuple(1 if a == "b" else int(n) for a, n in zip(card.input.axes, test_shape))
+        shapes = [fixed_shape, fixed_shape]
+        proto = _export_onnx(module, card, fixed_shape, opset, seed=0)
     # bioimage.io's default absolute tolerance per unit of the output range: a foreign network (a 3-level U-Net with
     # instance norm differs by 1.5e-4 of its range in float32); the package's test output is the real check, next
     atol = DEFAULT_TOLERANCE["absolute_tolerance"]

@@ -115,3 +115,17 @@ def test_the_fixed_shape_package_reproduces_its_test_output_on_every_engine(offl
             got = model.predict(x[0, 0])
             assert float(np.max(np.abs(got - expected[0, 0]))) <= limit, backend
             assert model.predict(big).shape == big.shape  # tiles of exactly 256, the halo inside
+
+
+def test_the_package_whose_output_is_half_its_input_imports_and_reproduces(offline, examples, tmp_path):
+    """torch cannot export its instance norm with free sizes: exported for the test input's shape, said so."""
+    src = examples / "unet2d_diff_output_shape"
+    res = import_package(src, tmp_path / "diff.onnx", trust_package=True)
+    x, expected = np.load(src / "test_input.npy"), np.load(src / "test_output.npy")
+    limit = 1e-4 * max(1.0, float(np.ptp(expected)))
+    assert res.card.output.scale == {"y": 0.5, "x": 0.5}
+    assert any("exported for the test input's shape" in n for n in res.notes)
+    for backend in ("ort", "openvino"):
+        with load(tmp_path / "diff.onnx", backend=backend, device="cpu") as model:
+            got = model.predict(x[0, 0])
+            assert got.shape == (128, 128) and float(np.max(np.abs(got - expected[0, 0]))) <= limit, backend
