@@ -661,15 +661,17 @@ def compare_with_test_tensors(proto: Any, descr: Any, inp: Any, out: Any, card: 
     with its test output under the package's tolerance; RunError if it does not reproduce."""
     import onnxruntime as ort
 
+    from scopert.export.onnx_export import openvino_runner
+
     x, expected = test_arrays(descr, inp, out)
     feed = normalize_whole(card, x.astype(np.float32))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     runs = {"onnxruntime": lambda: session.run(None, {session.get_inputs()[0].name: feed})[0]}
-    openvino_run = _openvino_runner(proto, feed)
+    openvino_run = openvino_runner(proto)
     if openvino_run is not None:
-        runs["openvino"] = openvino_run
+        runs["openvino"] = lambda: openvino_run(feed)
     tol = tolerance(descr, fmt)
     per_engine = {}
     for engine, run in runs.items():
@@ -695,20 +697,3 @@ def compare_with_test_tensors(proto: Any, descr: Any, inp: Any, out: Any, card: 
     return {**per_engine["onnxruntime"], "engines": per_engine, "tolerance": tol, "test_input_shape": list(x.shape)}
 
 
-def _openvino_runner(proto: Any, feed: np.ndarray) -> Any:
-    """A call that runs ``proto`` on OpenVINO's CPU plugin (None where OpenVINO is not installed)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-
-    def run() -> np.ndarray:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="scopert-ov-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            path.write_bytes(proto.SerializeToString())
-            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            return np.asarray(compiled([feed])[compiled.output(0)])
-
-    return run

@@ -76,6 +76,7 @@ def export_run(
         proto = _export_onnx(module, card, shapes[0], opset, seed)
     proto, cleaned = _sanitize_checked(proto, card, shapes[0], seed, out_path.name, atol)
     verification = _verify(proto, module, card, shapes, atol, seed)
+    verification["openvino"] = check_on_openvino(proto, card, shapes[0], seed, atol, out_path.name)
     verification["sanitize"] = cleaned
     rf = _measure(module, card, seed) if halo_hint is None else declared_receptive_field(halo_hint, card.input.axes)
 
@@ -358,6 +359,47 @@ def _sanitize_checked(proto: Any, card: ModelCard, shape: tuple[int, ...], seed:
                        f"output range {span:.3g}); report this with the model (the unsanitized graph is correct, "
                        "Polygraphy's folding is not).")
     return clean, {**report.to_dict(), "max_abs_change": change, "tolerance": tol, "shape": list(shape)}
+
+
+def openvino_runner(proto: Any) -> Any:
+    """A call ``run(x)`` of ``proto`` on OpenVINO's CPU plugin in f32 (None where OpenVINO is not installed)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="scopert-ov-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(proto.SerializeToString())
+            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            return np.asarray(compiled([x])[compiled.output(0)])
+
+    return run
+
+
+def check_on_openvino(proto: Any, card: ModelCard, shape: tuple[int, ...], seed: int, atol: float,
+                      where: str) -> dict[str, Any]:
+    """The graph that is written runs on OpenVINO too and agrees with ONNX Runtime (atol per unit of the output
+    range, loosened 10x: another engine's kernels); a graph only one engine can run fails the export here."""
+    run = openvino_runner(proto)
+    if run is None:
+        return {"checked": False, "reason": "openvino is not installed"}
+    x = _sample(card, shape, seed)
+    ref = _ort_run(proto, card, x)
+    try:
+        got = run(x)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's conversion and compile errors have many types
+        raise RunError(f"{where} runs on ONNX Runtime but not on OpenVINO ({type(exc).__name__}: "
+                       f"{str(exc)[:300]}); report it with the model, or run it with --backend ort.") from None
+    err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+    tol = 10 * atol * max(1.0, float(np.ptp(ref)) if ref.size else 0.0)
+    if got.shape != ref.shape or not err <= tol:
+        raise RunError(f"{where} gives other numbers on OpenVINO than on ONNX Runtime (max abs {err:.3g} > {tol:.3g}, "
+                       f"shapes {got.shape} / {ref.shape}); report it with the model, or run it with --backend ort.")
+    return {"checked": True, "max_abs_vs_ort": err, "tolerance": tol}
 
 
 def _ort_run(proto: Any, card: ModelCard, x: np.ndarray) -> np.ndarray:

@@ -132,3 +132,22 @@ def test_every_family_default_model_exports_through_the_sanitizer(family, tmp_pa
     assert cleaned["max_abs_change"] <= cleaned["tolerance"]
     assert card.verification["onnx_vs_torch"]["max_abs_error"] <= 1e-4
     assert all(v >= 1 for v in card.halo.values()), card.halo
+
+
+def test_a_graph_one_engine_cannot_run_fails_the_export_with_the_reason(tmp_path, monkeypatch):
+    """Issue 21: a sanitized graph that ONNX Runtime ran and another engine could not was written all the same."""
+    pytest.importorskip("openvino")
+    from scopert.export import onnx_export
+
+    proto, card = _tiny_onnx(tmp_path)
+    report = onnx_export.check_on_openvino(proto, card, (1, 1, 16, 16), 0, 1e-4, "m.onnx")
+    assert report["checked"] and report["max_abs_vs_ort"] <= report["tolerance"]
+
+    def broken(_proto):
+        def run(x):
+            raise RuntimeError("Shape mismatch attempting to re-use buffer")
+        return run
+
+    monkeypatch.setattr(onnx_export, "openvino_runner", broken)
+    with pytest.raises(RunError, match=r"m.onnx runs on ONNX Runtime but not on OpenVINO \(RuntimeError: Shape"):
+        onnx_export.check_on_openvino(proto, card, (1, 1, 16, 16), 0, 1e-4, "m.onnx")
