@@ -15,7 +15,7 @@ import click
 
 from scopert.commands.util import backend_option
 from scopert.commands.util import parse_ints as _tuple
-from scopert.errors import ConfigError, ScopertError
+from scopert.errors import ConfigError, InputError, ScopertError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -220,7 +220,7 @@ def train(family, config_path, out_dir, no_resume) -> None:
 
 @cli.command(name="import")
 @click.argument("family", type=click.Choice(["rcan", "unet", "blindspot", "tagan", "cnnt", "bioimageio"]))
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path")
 @click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--config", "config_path", type=click.Path(exists=True),
               help="unet: the pytorch-3dunet YAML; cnnt: the run's JSON config.")
@@ -242,7 +242,8 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
     checkpoint with --config YAML. blindspot: a SHINE Lightning .ckpt (--model/--frames where not inferable).
     tagan: N_net_G.pth [--net-s N_net_S.pth] --opt test_opt.txt. cnnt: run__...pt --config run__...json.
     Checkpoints are read without running pickled code; --trust-checkpoint lifts that for files you trust.
-    bioimageio: a bioimage.io model package (.zip, rdf.yaml or folder); -o is then the .onnx file to write.
+    bioimageio: a bioimage.io model package (.zip, rdf.yaml, folder, or a zoo id or URL when online); -o is then
+    the .onnx file to write.
     """
     if family == "bioimageio":  # a bioimage.io package (.zip, rdf.yaml or folder) -> one ScopeRT .onnx
         from scopert.export.bioimageio_import import import_package
@@ -253,6 +254,8 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
         return
     if weights_format or trust_package:
         raise ConfigError("--weights and --trust-package apply to bioimage.io packages (scopert import bioimageio).")
+    if not Path(path).exists():
+        raise InputError(f"{path} does not exist; check the path.")
     if family in ("unet", "cnnt") and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
     if family == "rcan":

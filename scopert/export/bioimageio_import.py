@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -64,9 +65,16 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
     from scopert.checksum import sha256_file
     from scopert.export.onnx_export import _write_atomic
 
-    source, out_path = Path(source), Path(out_path)
+    out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise OutputError(f"the import target {out_path} must end in .onnx; give a name such as model.onnx.")
+    if not Path(source).exists() and is_remote(str(source)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="scopert-zoo-") as tmp:
+            local = fetch_package(str(source), Path(tmp))
+            return import_package(local, out_path, opset, weights_format, trust_package)
+    source = Path(source)
     descr = load_model_description(source)
     inp, out = _single_tensors(descr)
     fmt, weights = pick_weights(descr, weights_format)
@@ -112,6 +120,31 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
              check["max_abs_error"], check["max_rel_error"])
     return ImportResult(out_path, card, fmt, check["max_abs_error"], check["max_rel_error"],
                         check["mismatched_ppm"], notes)
+
+
+_ZOO_ID = re.compile(r"^[a-z]+-[a-z]+(/[0-9.]+)?$")  # e.g. affable-shark, affable-shark/1.1
+
+
+def is_remote(text: str) -> bool:
+    """A package named by URL or by its bioimage.io zoo id (both need the internet)."""
+    return text.startswith(("http://", "https://")) or bool(_ZOO_ID.match(text))
+
+
+def fetch_package(source: str, folder: Path) -> Path:
+    """The package behind a zoo id or URL, saved as one local zip in ``folder`` (every file fetched once)."""
+    from bioimageio.spec import InvalidDescr, load_description, save_bioimageio_package
+
+    try:
+        descr = load_description(source, format_version="discover", perform_io_checks=False)
+        if isinstance(descr, InvalidDescr):
+            raise InputError(f"{source} is not a valid bioimage.io package; check the id or URL.")
+        return Path(save_bioimageio_package(descr, output_path=folder / "package.zip"))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - httpx, OS and pydantic errors of a remote description
+        raise InputError(f"{source} cannot be fetched ({type(exc).__name__}: {str(exc)[:200]}); a zoo id or URL "
+                         "needs the internet: download the package zip on a machine that has it and pass the "
+                         "file.") from None
 
 
 def load_model_description(source: Path) -> Any:

@@ -129,3 +129,15 @@ def test_the_package_whose_output_is_half_its_input_imports_and_reproduces(offli
         with load(tmp_path / "diff.onnx", backend=backend, device="cpu") as model:
             got = model.predict(x[0, 0])
             assert got.shape == (128, 128) and float(np.max(np.abs(got - expected[0, 0]))) <= limit, backend
+
+
+@pytest.mark.parametrize("source", ["affable-shark", "https://example.org/models/rdf.yaml"])
+def test_a_zoo_id_or_url_offline_is_one_clear_line(offline, source, tmp_path, monkeypatch, capsys):
+    from scopert.cli import main
+
+    monkeypatch.setattr("sys.argv", ["scopert", "import", "bioimageio", source, "-o", str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and f"{source} cannot be fetched" in err and "needs the internet" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
