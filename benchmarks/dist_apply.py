@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scopert.card import Normalization  # noqa: E402
-from scopert.dist.cluster import open_client, parse_cluster  # noqa: E402
+from scopert.scaleout.cluster import open_client, parse_cluster  # noqa: E402
 from tests.runtime.graphs import conv_stack  # noqa: E402
 
 PERCENTILE = Normalization(kind="percentile", pmin=1.0, pmax=99.8)
@@ -53,7 +53,7 @@ def em_volume(path: Path, shape: tuple[int, int, int]) -> None:
 
 
 def distributed_apply(model_path: Path, src: Path, dst: Path, client, block, opts) -> tuple[object, float]:
-    from scopert.dist.volume import plan_volume, run_volume
+    from scopert.scaleout.volume import plan_volume, run_volume
     from scopert.runtime import load
     from scopert.runtime.apply import plan_apply
 
@@ -71,7 +71,7 @@ def read(path: Path) -> np.ndarray:
 
 def block_seconds(store: Path) -> tuple[float, int]:
     """Summed compute seconds of every block (from its ledger marker) and the number of blocks."""
-    from scopert.dist.ledger import Ledger
+    from scopert.scaleout.ledger import Ledger
 
     done = Ledger.of(store).done_dir
     infos = [json.loads(p.read_text()) for p in done.glob("*.json")]
@@ -133,7 +133,7 @@ def measure_overhead(work: Path, shape, block, tile, layers, channels, repeats) 
 
 
 def measure_scheduler(n_tasks: int) -> dict:
-    from scopert.dist.dispatch import dispatch
+    from scopert.scaleout.dispatch import dispatch
 
     with open_client(parse_cluster("local:2")) as client:
         dispatch(client, noop, range(50), (None,), window=16, what=str)  # warm up
@@ -147,7 +147,7 @@ def measure_client_memory(work: Path, n_planes: int, side: int, block: int) -> d
     import psutil
     import tifffile
 
-    from scopert.dist.volume import plan_volume, run_volume
+    from scopert.scaleout.volume import plan_volume, run_volume
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply
 

@@ -106,7 +106,7 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     info = model.backend.info
     click.echo(f"model {model_path}: {model.card.family}, {info.name} on {info.device}, {info.precision}", err=True)
     if cluster:  # scale-out: Dask is imported only here
-        from scopert.dist.command import apply_on_cluster
+        from scopert.scaleout.command import apply_on_cluster
 
         if precision in ("bf16", "int8"):
             raise ConfigError(f"--precision {precision} is not supported with --cluster; drop --precision.")

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scopert.checksum import sha256_file
-from scopert.dist.dispatch import DispatchStats, dispatch, gpu_resources
-from scopert.dist.tasks import ModelRef, WorkerCache, run_file
+from scopert.scaleout.dispatch import DispatchStats, dispatch, gpu_resources
+from scopert.scaleout.tasks import ModelRef, WorkerCache, run_file
 
 
 def run_files(client: Any, model: Any, jobs: list[tuple[Path, Path, Path | None]], opts: Any, *,
               backend: str = "auto", device: str = "auto", progress: Callable[[int], None] | None = None,
               window: int | None = None) -> tuple[DispatchStats, float]:
     """Restore every (input, output, ground truth) of ``jobs`` on the cluster; return stats and seconds."""
-    from scopert.dist.cluster import total_threads
+    from scopert.scaleout.cluster import total_threads
 
     t0 = time.perf_counter()
     ref = ModelRef(str(Path(model.path).absolute()), sha256_file(model.path), backend, device)

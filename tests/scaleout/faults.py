@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scopert.dist.tasks import run_block
+from scopert.scaleout.tasks import run_block
 
 
 class ExitOnce:

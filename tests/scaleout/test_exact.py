@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import zarr
 
-from scopert.dist.ledger import Ledger
-from tests.dist.helpers import distributed_run, read_zarr, single
+from scopert.scaleout.ledger import Ledger
+from tests.scaleout.helpers import distributed_run, read_zarr, single
 
 CASES = {
     # model, input fixture, --block, ApplyOptions
@@ -43,7 +43,7 @@ def test_cluster_output_equals_single_machine(case, dist_models, request, client
 
 
 def test_model_is_loaded_once_per_worker_not_per_block(em_volume, client, tmp_path):
-    from tests.dist.conftest import PERCENTILE
+    from tests.scaleout.conftest import PERCENTILE
     from tests.runtime.graphs import conv_stack
 
     conv_stack(tmp_path / "fresh.onnx", ndim=3, layers=2, seed=7, normalization=PERCENTILE)  # a new sha256

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from scopert.dist.volume import plan_volume, run_volume
+from scopert.scaleout.volume import plan_volume, run_volume
 from scopert.runtime import load
 from scopert.runtime.apply import ApplyOptions, apply_file, plan_apply
 

@@ -6,7 +6,7 @@ import numpy as np
 import psutil
 import tifffile
 
-from tests.dist.helpers import distributed_run
+from tests.scaleout.helpers import distributed_run
 
 
 def test_client_rss_is_flat_over_hundreds_of_blocks(dist_models, client, tmp_path, data_dir):

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from scopert.dist.blocks import plan_blocks
+from scopert.scaleout.blocks import plan_blocks
 from scopert.errors import ConfigError
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from scopert.dist.blocks import Block
-from scopert.dist.ledger import Ledger
+from scopert.scaleout.blocks import Block
+from scopert.scaleout.ledger import Ledger
 from scopert.runtime.io.atomic import fsync_path
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from scopert.dist.cluster import build_jobqueue_cluster, make_cluster, parse_cluster, read_jobqueue_yaml
+from scopert.scaleout.cluster import build_jobqueue_cluster, make_cluster, parse_cluster, read_jobqueue_yaml
 from scopert.errors import ConfigError
 
 
@@ -38,7 +38,7 @@ def test_local_cuda_without_dask_cuda_gives_each_worker_its_own_gpu():
 
     with pytest.raises(ImportError):
         import dask_cuda  # noqa: F401
-    from scopert.dist.dispatch import gpu_resources
+    from scopert.scaleout.dispatch import gpu_resources
 
     cluster, _ = make_cluster(parse_cluster("local-cuda:3,7"))
     with cluster, distributed.Client(cluster) as client:
@@ -86,7 +86,7 @@ def test_jobqueue_yaml_builds_a_slurm_cluster_object(tmp_path):
 
 
 def test_folder_mode_one_task_per_file_same_outputs(dist_models, client, tmp_path, data_dir):
-    from scopert.dist.files import run_files
+    from scopert.scaleout.files import run_files
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, apply_file
 
@@ -108,7 +108,7 @@ def test_folder_mode_one_task_per_file_same_outputs(dist_models, client, tmp_pat
 
 
 def test_dask_is_imported_only_with_cluster():
-    code = ("import sys, scopert.cli, scopert.dist, scopert.runtime.apply; "
+    code = ("import sys, scopert.cli, scopert.scaleout, scopert.runtime.apply; "
             "print(any(m == 'dask' or m.startswith(('dask.', 'distributed')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

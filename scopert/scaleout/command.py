@@ -16,7 +16,7 @@ from scopert.progress import progress_bar
 
 
 def _dashboard(client: Any) -> None:
-    from scopert.dist.cluster import dashboard_link
+    from scopert.scaleout.cluster import dashboard_link
 
     link = dashboard_link(client)
     workers = len(client.scheduler_info().get("workers", {}))
@@ -27,12 +27,12 @@ def _dashboard(client: Any) -> None:
 def apply_on_cluster(model: Any, jobs: list[tuple[Path, Path, Path | None]], opts: Any, cluster: str, *,
                      block: tuple[int, ...] | None, resume: bool, backend: str, device: str, folder: bool) -> None:
     """Run the planned ``jobs`` (one volume, or the files of a folder) on the cluster ``cluster`` names."""
-    from scopert.dist.cluster import open_client, parse_cluster
+    from scopert.scaleout.cluster import open_client, parse_cluster
     from scopert.runtime.apply import plan_apply
 
     spec = parse_cluster(cluster)
     if folder:
-        from scopert.dist.files import run_files
+        from scopert.scaleout.files import run_files
 
         if not jobs:
             click.echo("every output exists; nothing to do", err=True)
@@ -45,7 +45,7 @@ def apply_on_cluster(model: Any, jobs: list[tuple[Path, Path, Path | None]], opt
         click.echo(f"{stats.done} files on {len(stats.workers)} workers in {seconds:.2f} s", err=True)
         return
 
-    from scopert.dist.volume import plan_volume, preflight_volume, run_volume
+    from scopert.scaleout.volume import plan_volume, preflight_volume, run_volume
 
     (src, dst, gt), = jobs
     with plan_apply(model, src, dst, gt, opts) as job:

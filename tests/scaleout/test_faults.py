@@ -14,11 +14,11 @@ import numpy as np
 import psutil
 import pytest
 
-from scopert.dist.ledger import Ledger
-from scopert.dist.volume import incomplete_path
+from scopert.scaleout.ledger import Ledger
+from scopert.scaleout.volume import incomplete_path
 from scopert.errors import ConfigError, OutputError, RunError
-from tests.dist.faults import ExitOnce
-from tests.dist.helpers import distributed_run, read_zarr, single
+from tests.scaleout.faults import ExitOnce
+from tests.scaleout.helpers import distributed_run, read_zarr, single
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_resume_refuses_a_changed_option_or_input(dist_models, em_volume, client
 
 def test_a_worker_without_the_input_names_worker_and_path(dist_models, em_volume, client, tmp_path):
     """The client plans with the input in place; on the workers it is gone (an unmounted share)."""
-    from scopert.dist.volume import plan_volume, run_volume
+    from scopert.scaleout.volume import plan_volume, run_volume
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply
 
@@ -117,7 +117,7 @@ def test_a_worker_without_the_backend_names_worker_and_cause(dist_models, em_vol
     """A worker started (`dask worker`) where onnxruntime cannot be imported: the first block names it."""
     import distributed
 
-    from scopert.dist.volume import plan_volume, run_volume
+    from scopert.scaleout.volume import plan_volume, run_volume
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply
 
@@ -146,7 +146,7 @@ def test_a_worker_without_the_backend_names_worker_and_cause(dist_models, em_vol
 
 
 def test_unreachable_scheduler_fails_fast_and_writes_nothing(dist_models, em_volume, tmp_path):
-    from scopert.dist.cluster import open_client, parse_cluster
+    from scopert.scaleout.cluster import open_client, parse_cluster
 
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
@@ -162,7 +162,7 @@ def test_unreachable_scheduler_fails_fast_and_writes_nothing(dist_models, em_vol
 
 
 def test_refused_before_any_cluster_starts(dist_models, em_volume, w2s_image, tmp_path):
-    from scopert.dist.volume import preflight_volume
+    from scopert.scaleout.volume import preflight_volume
     from scopert.runtime import load
     from scopert.runtime.apply import ApplyOptions, plan_apply
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scopert.checksum import sha256_file
-from scopert.dist.blocks import BlockGrid, plan_blocks
-from scopert.dist.dispatch import DispatchStats, dispatch, gpu_resources
-from scopert.dist.ledger import Ledger, input_fingerprint, options_digest
-from scopert.dist.tasks import ModelRef, VolumeJob, WorkerCache, run_block
+from scopert.scaleout.blocks import BlockGrid, plan_blocks
+from scopert.scaleout.dispatch import DispatchStats, dispatch, gpu_resources
+from scopert.scaleout.ledger import Ledger, input_fingerprint, options_digest
+from scopert.scaleout.tasks import ModelRef, VolumeJob, WorkerCache, run_block
 from scopert.errors import ConfigError, OutputError
 from scopert.runtime.layout import centre_frame_model, split_loop_axes
 from scopert.runtime.normalize import fit_normalization
@@ -196,7 +196,7 @@ def _finish(plan: VolumePlan) -> None:
 def run_volume(plan: VolumePlan, client: Any, *, progress: Callable[[int], None] | None = None,
                task: Callable[..., dict[str, Any]] = run_block, window: int | None = None) -> VolumeResult:
     """Run a planned volume on ``client``'s cluster; ``task`` is the block function (tests wrap it)."""
-    from scopert.dist.cluster import total_threads
+    from scopert.scaleout.cluster import total_threads
 
     t0 = time.perf_counter()
     if plan.complete:
