@@ -99,6 +99,13 @@ def import_package(source: str | os.PathLike, out_path: str | os.PathLike, opset
     card.input.name, card.output.name = proto.graph.input[0].name, proto.graph.output[0].name
     if isinstance(stored, dict):  # the card itself, lossless (checked against the test tensors below)
         card = _stored_card(stored, card, source)
+    spatial_fixed = {a: n for a, n in card.input.fixed.items() if a in "zyx"}
+    if spatial_fixed:  # the tiling that reproduces the package, recorded with the model
+        rule = (f"Tiling: the graph takes exactly {spatial_fixed}; an image of that size runs whole (as the package's "
+                "test output was made), a smaller one centred in one such window, a larger one in tiles of exactly "
+                "that size with the halo inside.")
+        notes.append(rule)
+        card.notes = f"{card.notes} {rule}".strip()
     border = border_note(inp)
     if border:
         notes.append(border)
