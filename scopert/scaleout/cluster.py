@@ -169,6 +169,40 @@ def _make_cluster(spec: ClusterSpec):
     return None, None
 
 
+def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a ``tcp://`` address that is not a Dask scheduler, within ``timeout`` seconds, before Dask talks to it.
+
+    A Dask scheduler greets every new connection with its handshake (8-byte message length, frame count and
+    lengths, then msgpack naming 'compression'). An HTTP server sends nothing and Dask would wait for ever (610 s
+    until Ctrl-C was measured); a proxy that answers 'HTTP/1.1 400' had its bytes read as a message length and Dask
+    tried to allocate 3 EiB. Here the first bytes are read with a deadline and named when they are not Dask's."""
+    import socket
+    import struct
+
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", address)
+    if not match:
+        return  # tls/ucx/inproc: Dask's own connect (and its timeout) decides
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            try:
+                first = sock.recv(64)
+            except socket.timeout:
+                raise ConfigError(f"{address} accepts connections but sent no Dask handshake within {timeout:g} s "
+                                  "(an HTTP or other server listens there); give the Dask scheduler's address "
+                                  "(dask scheduler prints it: tcp://HOST:8786)") from None
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({type(e).__name__}: "
+                          f"{e.strerror or e}); start it (dask scheduler) or check the address and firewall") from None
+    plausible = len(first) >= 16 and 0 < struct.unpack("<Q", first[:8])[0] < 2**20 and \
+        0 < struct.unpack("<Q", first[8:16])[0] < 64
+    if not plausible and b"compression" not in first:
+        shown = first[:40].decode("latin-1").splitlines()[0] if first else "(it closed the connection)"
+        raise ConfigError(f"{address} is not a Dask scheduler: it answered {shown!r}; give the Dask scheduler's "
+                          "address (dask scheduler prints it: tcp://HOST:8786)")
+
+
 @contextmanager
 def open_client(spec: ClusterSpec) -> Iterator[Any]:
     """A connected Client for ``spec``; the cluster it started (if any) is closed on exit.
@@ -183,6 +217,7 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
     cluster, jobs = make_cluster(spec)
     try:
         if cluster is None:
+            check_scheduler(spec.address)
             try:
                 client = Client(spec.address, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as e:

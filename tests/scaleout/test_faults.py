@@ -184,3 +184,57 @@ def test_refused_before_any_cluster_starts(dist_models, em_volume, w2s_image, tm
     (tmp_path / "old.zarr").mkdir()
     with pytest.raises(OutputError, match="exists; pass --resume"):
         preflight("m2d.onnx", w2s_image, "old.zarr")
+
+
+def _server(answer: bytes | None):
+    """A loopback TCP server that greets each connection with ``answer`` (None: says nothing, as HTTP servers do);
+    it stops itself after 30 s."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(30)
+
+    def serve():
+        try:
+            while True:
+                conn, _ = srv.accept()
+                if answer is not None:
+                    conn.sendall(answer)
+                threading.Timer(10, conn.close).start()
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("answer, words", [(None, "sent no Dask handshake within 5 s"),
+                                           (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered 'HTTP/1.1 400 Bad Request'")])
+def test_an_address_that_is_not_a_dask_scheduler_ends_in_seconds_with_what_answered(answer, words, dist_models,
+                                                                                    em_volume, tmp_path):
+    """Issue 24: an HTTP server hung the run for 610 s; a proxy's 'HTTP/1.1 400' became a 3 EiB allocation."""
+    srv = _server(answer)
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        t0 = time.perf_counter()
+        out = tmp_path / "o.zarr"
+        proc = cli("apply", "-m", dist_models / "m2d.onnx", "-i", em_volume, "-o", out, "--cluster", address)
+        _, err = proc.communicate(timeout=120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        srv.close()
+    assert proc.returncode == 2 and f"{address}" in err and words in err, err
+    assert "Traceback" not in err and "MemoryError" not in err
+    assert elapsed < 60, elapsed  # the model loads first; the address is judged within 5 s
+    assert not out.exists()
+
+
+def test_a_real_scheduler_passes_the_handshake_check(client):
+    from scopert.scaleout.cluster import check_scheduler
+
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    check_scheduler(address)  # no error: the scheduler greets with Dask's handshake
