@@ -91,14 +91,13 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
     out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
     calibration = None
-    if precision == "bf16":  # without a gate in the card, the bf16 gate measures on real tiles of the (first) input
-        import numpy as np
-
-        from scopert.runtime.apply import open_input
+    if precision == "bf16" and not cluster:  # without a gate in the card (or one recorded beside the model), the
+        # bf16 gate measures on real tiles of the (first) input; auto uses a gate recorded beside the model
+        from scopert.runtime.apply import calibration_sample, open_input
         from scopert.runtime.io import list_images
 
         with open_input(list_images(inp)[0] if is_folder_run(inp) else inp, dataset) as first:
-            calibration = np.asarray(first.array)
+            calibration = calibration_sample(first.array)
     model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
                  calibration=calibration)
     # A folder's files are all planned before the first runs; one file is planned (below) right before it runs.

@@ -165,6 +165,19 @@ def channel_plane(array: Any, axis: int, channel: int) -> Any:
     return ChannelPlane(array, axis, channel)
 
 
+CALIBRATION_BYTES = 64 * 2**20
+
+
+def calibration_sample(array: Any) -> np.ndarray:
+    """Real data for a precision gate: the whole input when small, else a central slab along axis 0 of about
+    CALIBRATION_BYTES (a terabyte volume is not read to choose a precision)."""
+    shape = tuple(int(n) for n in array.shape)
+    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+    rows = max(1, min(shape[0], CALIBRATION_BYTES // max(row, 1)))
+    start = (shape[0] - rows) // 2
+    return np.asarray(array[start:start + rows])
+
+
 def open_input(path: Path, dataset: str | None) -> ImageData:
     """Open an input lazily: TIFF slab by slab with read() calls into buffers of its own (never memory-mapped:
     a mapped file cut mid-run kills the process with SIGBUS, and mapped pages pile up in its memory), HDF5 and

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from scopert.errors import ScopertError
 from scopert.checksum import sha256_file
 from scopert.runtime.model import tile_input
 
@@ -158,7 +159,7 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
         return GateResult("fp32", f"bf16 refused: this CPU ({caps.model}) does not report bf16 "
                           f"({caps.bf16_evidence}); running in f32", threshold_db=threshold_db)
     path = gate_path(model_path)
-    key = f"{sha256_file(model_path)}|{caps.key}"
+    key = f"{sha256_file(model_path)}|{caps.key}|{_engine_version()}"
     record = _read_records(path).get(key)
     reused = record is not None
     if record is None:
@@ -187,6 +188,16 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
     return GateResult("bf16", f"bf16 earned: PSNR(bf16 vs f32) {where} on {record['tiles']} real tile(s) is "
                       f"{psnr:.1f} dB >= {threshold_db:g} dB on {caps.model} ({caps.bf16_evidence})",
                       psnr_db=psnr, threshold_db=threshold_db, reused=reused, record=str(path))
+
+
+def _engine_version() -> str:
+    """The OpenVINO that measured a gate: another version may run other bf16 kernels, so it measures again."""
+    try:
+        import openvino
+
+        return f"openvino {openvino.__version__}"
+    except ImportError:
+        return "openvino missing"
 
 
 def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
@@ -239,12 +250,21 @@ def apply_precision(model: Any, precision: str, calibration: np.ndarray | None =
             decision = pc.PrecisionDecision(precision, "fp32", f"auto: f32 ({why})")
         else:
             decision = pc.decide(precision, model.card, caps.bf16, caps.bf16_evidence, model.path, threshold_db)
-        if precision == "bf16" and decision.precision != "bf16" and caps.bf16 and pc.bf16_gate(model.card) is None:
-            # no gate in the card: a gate measured now on the run's own real tiles (or recorded beside the model)
-            tiles = sample_tiles(model, calibration) if calibration is not None else None
-            measured = decide_precision(model.path, "bf16", tiles, threshold_db, threads, caps)
-            decision = pc.PrecisionDecision("bf16", measured.precision, measured.reason,
-                                            refused=measured.precision != "bf16")
+        if precision in ("bf16", "auto") and decision.precision != "bf16" and caps.bf16 \
+                and pc.bf16_gate(model.card) is None and engine in (None, "openvino"):
+            # no gate in the card: the gate recorded beside the model for this CPU and engine, or one measured now on
+            # the run's own real tiles (the same threshold); auto uses bf16 only when it passed
+            try:
+                tiles = sample_tiles(model, calibration) if calibration is not None else None
+            except ScopertError as exc:  # data the run itself will refuse, with its own message
+                if precision == "bf16":
+                    raise
+                log.debug("no gate tiles from the calibration data: %s", exc)
+                tiles = None
+            if precision == "bf16" or tiles is not None or gate_path(model.path).exists():
+                measured = decide_precision(model.path, "bf16", tiles, threshold_db, threads, caps)
+                decision = pc.PrecisionDecision(precision, measured.precision, f"{precision}: {measured.reason}",
+                                                refused=precision == "bf16" and measured.precision != "bf16")
         if decision.refused:
             raise ConfigError(f"--precision {precision} refused: {decision.reason}. Use --precision auto (falls back "
                               "to f32) or f32.")

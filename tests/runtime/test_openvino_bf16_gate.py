@@ -46,7 +46,9 @@ def test_bf16_refused_without_real_tiles_or_record(model2d):
 
 
 def _record(model2d, psnr, bf16_ops=40):
-    key = f"{sha256_file(model2d)}|{BF16.key}"
+    from scopert.runtime.bf16_gate import _engine_version
+
+    key = f"{sha256_file(model2d)}|{BF16.key}|{_engine_version()}"
     gate_path(model2d).write_text(json.dumps({"records": {key: {
         "psnr_db": psnr, "tiles": 4, "bf16_ops": bf16_ops, "runtime_precisions": {"bf16": bf16_ops}}}}))
 
@@ -68,7 +70,9 @@ def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
     tiles = sample_tiles(model, img, n=3)
     assert len(tiles) == 3 and tiles[0].shape[:2] == (1, 1)
     gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16)
-    rec = json.loads(gate_path(model2d).read_text())["records"][f"{sha256_file(model2d)}|{BF16.key}"]
+    from scopert.runtime.bf16_gate import _engine_version
+
+    rec = json.loads(gate_path(model2d).read_text())["records"][f"{sha256_file(model2d)}|{BF16.key}|{_engine_version()}"]
     assert rec["tiles"] == 3
     if rec["bf16_ops"] == 0:  # this CPU has no bf16 kernels: OpenVINO ran f32, and the gate says so
         assert gate.precision == "fp32" and "no op in bf16" in gate.reason
@@ -99,3 +103,30 @@ def test_load_with_bf16_on_cpu_without_bf16_is_refused_but_auto_continues(model2
     assert model.backend.info.precision == "fp32"
     assert model.precision_decision.precision == "fp32" and "this CPU has no bf16" in model.backend.info.reason
     assert model.predict(img[:128, :128], tile=64).shape == (128, 128)
+
+
+def test_bf16_on_a_stack_then_auto_reuses_the_recorded_gate(model2d, data_dir, tmp_path):
+    """Issue 20: `--precision bf16` on a 2D model over a stack crashed in np.pad; and the gate it recorded beside
+    the model was ignored by a later `--precision auto` (f32 at twice the time)."""
+    import subprocess
+    import sys
+
+    from scopert.runtime.bf16_gate import cpu_caps
+
+    if not cpu_caps().bf16:
+        pytest.skip("this CPU has no bf16: the gate cannot be measured here (the refusal is tested above)")
+    stack = data_dir / "w2s_8bit_pairs" / "w2s_avg1_noisy.tif"
+
+    def apply(out, *extra):
+        return subprocess.run([sys.executable, "-m", "scopert", "apply", "-m", str(model2d), "-i", str(stack), "-o",
+                               str(tmp_path / out), *extra], capture_output=True, text=True, timeout=300)
+
+    first = apply("bf16.tif", "--precision", "bf16")
+    assert first.returncode == 0, first.stderr
+    assert gate_path(model2d).is_file()
+    second = apply("auto.tif")
+    assert second.returncode == 0, second.stderr
+    expected = "bf16" if "bf16 earned" in first.stderr else "fp32"
+    assert f"precision {expected} for conv2d.onnx (auto requested)" in second.stderr, second.stderr
+    if expected == "bf16":
+        assert "recorded on 4 real tile(s)" in second.stderr
