@@ -229,6 +229,8 @@ def test_ground_truth_goes_into_hdf5_and_zarr_and_metrics_are_printed(m2d_path, 
         assert 0.0 <= gt.min() and gt.max() > 0.9  # the normalized ground truth, not zeros
     with h5py.File(tmp_path / "out.h5") as f:
         assert list(f["predictions"].attrs["channel_names"]) == ["Restored", "Ground Truth"]
+    with read_image(tmp_path / "out.h5", dataset="predictions") as img:  # and ScopeRT reads the names back
+        assert img.channel_names == ["Restored", "Ground Truth"]
 
 
 def test_bench_refuses_shape_with_data_and_apply_points_a_package_to_import(m2d_path, data_dir, tmp_path):

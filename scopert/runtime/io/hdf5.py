@@ -165,13 +165,26 @@ def read_hdf5(path: str | os.PathLike[str], dataset: str = "raw", lazy: bool = T
         ds = CheckedDataset(obj.id, readonly=True)
         if lazy:
             return ImageData(array=ds, axes=axes, path=path, source_axes=axes, dataset=dataset, physical=physical,
-                             _closer=f.close)
+                             channel_names=_channel_names(obj), _closer=f.close)
         array = np.asarray(ds)
         f.close()
-        return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset, physical=physical)
+        return ImageData(array=array, axes=axes, path=path, source_axes=axes, dataset=dataset, physical=physical,
+                         channel_names=_channel_names(obj))
     except BaseException:
         f.close()
         raise
+
+
+def _channel_names(ds: h5py.Dataset) -> list[str] | None:
+    """The ``channel_names`` attribute ScopeRT writes, when it names each channel of the dataset's c axis."""
+    raw = ds.attrs.get("channel_names")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw] if raw is not None else None
+    axes = ds.attrs.get("axes")
+    axes = axes.decode() if isinstance(axes, bytes) else axes
+    if names and isinstance(axes, str) and "c" in axes and len(axes) == ds.ndim and \
+            ds.shape[axes.index("c")] == len(names):
+        return names
+    return None
 
 
 def _find_dataset(f: h5py.File, dataset: str, path: Path) -> h5py.Dataset:
