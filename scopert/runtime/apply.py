@@ -248,23 +248,7 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     stated_axes = None if image.axes_guessed else image.axes  # a file that does not say is read by dimensions
     axes, split_axis, n_split = opts.axes, None, 1
     if opts.channel is not None or opts.per_channel:
-        stated = (opts.axes or stated_axes or "").lower()
-        option = "--per-channel" if opts.per_channel else f"--channel {opts.channel}"
-        if "c" not in stated:
-            raise ConfigError(f"{option} needs a channel axis, but {input_path.name} has axes "
-                              f"{stated or 'that it does not state'} (shape {shape}); say them with --axes (e.g. "
-                              f"--axes {'c' + 'zyx'[3 - len(shape) + 1:] if len(shape) <= 4 else 'tczyx'}).")
-        ci, n_c = stated.index("c"), shape[stated.index("c")]
-        if opts.channel is not None and not 0 <= opts.channel < n_c:
-            raise ConfigError(f"--channel {opts.channel}: {input_path.name} has {n_c} channels; give 0 to {n_c - 1}.")
-        if opts.channel is not None:  # the job reads that channel only, lazily
-            image.array = channel_plane(image.array, ci, opts.channel)
-            if image.channel_names:
-                image.channel_names = [image.channel_names[opts.channel]]
-        else:
-            n_split = n_c
-        split_axis = ci
-        axes, shape = stated.replace("c", ""), shape[:ci] + shape[ci + 1:]
+        shape, axes, split_axis, n_split = _take_channels(image, opts, stated_axes, input_path.name)
         stated_axes = None
     data_axes = resolve_data_axes(shape_only(shape), card, axes, stated_axes, where=input_path.name)
     loop, _ = split_loop_axes(data_axes, card)
@@ -330,6 +314,28 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output or n_split > 1
     return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,
                     raw_channels, gt_channels, split_axis, in_memory, n_tiles * n_split)
+
+
+def _take_channels(image: ImageData, opts: ApplyOptions, stated_axes: str | None,
+                   name: str) -> tuple[tuple[int, ...], str, int, int]:
+    """--channel N / --per-channel: the shape and axes a 1-channel model sees (the c axis taken out), that axis's
+    index in the file and how many runs it makes (1 for --channel, whose image now reads that channel only)."""
+    shape = image.shape
+    stated = (opts.axes or stated_axes or "").lower()
+    option = "--per-channel" if opts.per_channel else f"--channel {opts.channel}"
+    if "c" not in stated:
+        raise ConfigError(f"{option} needs a channel axis, but {name} has axes {stated or 'that it does not state'} "
+                          f"(shape {shape}); say them with --axes (e.g. --axes {'c' + 'tzyx'[-(len(shape) - 1):]}).")
+    ci = stated.index("c")
+    n_c = shape[ci]
+    if opts.per_channel:
+        return shape[:ci] + shape[ci + 1:], stated.replace("c", ""), ci, n_c
+    if not 0 <= opts.channel < n_c:
+        raise ConfigError(f"--channel {opts.channel}: {name} has {n_c} channels; give 0 to {n_c - 1}.")
+    image.array = channel_plane(image.array, ci, opts.channel)  # the job reads that channel only, lazily
+    if image.channel_names:
+        image.channel_names = [image.channel_names[opts.channel]]
+    return image.shape, stated.replace("c", ""), ci, 1
 
 
 def _names(base: str, n: int) -> list[str]:

@@ -277,3 +277,15 @@ def test_the_raw_channel_can_keep_the_input_values(m2d_path, data_dir, tmp_path,
     np.testing.assert_array_equal(out[:, 0], tifffile.imread(noisy).astype(np.float32))  # Z, C, Y, X: raw first
     res = _cli("apply", "-m", m2d_path, "-i", noisy, "-o", tmp_path / "b.tif", "--raw-values", "input", "-b", "16")
     assert res.returncode == 2 and "use -b 32" in res.stderr
+
+
+def test_channel_options_need_a_channel_axis_and_a_channel_that_exists(models, zcyx_two_channels, data_dir, tmp_path):
+    from scopert.errors import ConfigError
+
+    path, _ = zcyx_two_channels
+    with pytest.raises(ConfigError, match=r"--channel 2: zcyx.tif has 2 channels; give 0 to 1"):
+        apply_file(models["3d"], path, tmp_path / "a.tif", opts=ApplyOptions(channel=2))
+    cryo = data_dir / "em_misc/cylindra_13pf_MT.tif"
+    with pytest.raises(ConfigError, match=r"--per-channel needs a channel axis.*has axes zyx.*--axes cyx"):
+        apply_file(models["3d"], cryo, tmp_path / "b.tif", opts=ApplyOptions(per_channel=True))
+    assert not (tmp_path / "a.tif").exists() and not (tmp_path / "b.tif").exists()
