@@ -171,7 +171,8 @@ def _create_store(plan: VolumePlan) -> None:
     partial = Path(plan.job.store)
     try:
         create_ome_zarr(partial, out.shape, out.dtype, out.axes, chunks=plan.chunks, name=plan.output.stem,
-                        scale=out.scale, attrs=out.attrs or None)
+                        scale=out.scale, attrs=out.attrs or None, physical=out.physical,
+                        channel_names=out.channel_names)
         Ledger.of(partial).create(plan.manifest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -59,3 +59,22 @@ def test_model_is_loaded_once_per_worker_not_per_block(em_volume, client, tmp_pa
     added = [after[w] - before.get(w, 0) for w in after]
     assert result.n_blocks >= 24
     assert sorted(added) == [1, 1], f"each worker loads the model once for {result.n_blocks} blocks: {added}"
+
+
+def test_the_cluster_output_keeps_the_physical_sizes(dist_models, client, data_dir, tmp_path):
+    """Issue 20: every writer carries the voxel size; the Dask store is one of them."""
+    import tifffile
+
+    src = tmp_path / "cryo.tif"
+    vol = tifffile.imread(data_dir / "em_misc" / "cylindra_13pf_MT.tif")[:8, :64, :64]
+    tifffile.imwrite(src, vol, imagej=True, resolution=(1 / 1.052, 1 / 1.052),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": 2.0})
+    single(dist_models / "m3d.onnx", src, tmp_path / "single.zarr", tile=(8, 24, 24))
+    distributed_run(dist_models / "m3d.onnx", src, tmp_path / "dist.zarr", client, (4, 32, 32), tile=(8, 24, 24))
+    ms = [zarr.open_group(str(tmp_path / f"{k}.zarr"), mode="r").attrs.asdict()["multiscales"][0]
+          for k in ("single", "dist")]
+    assert ms[0]["axes"] == ms[1]["axes"] and ms[0]["datasets"] == ms[1]["datasets"]
+    units = {a["name"]: a.get("unit") for a in ms[1]["axes"]}
+    scale = dict(zip((a["name"] for a in ms[1]["axes"]), ms[1]["datasets"][0]["coordinateTransformations"][0]["scale"]))
+    assert units["z"] == units["x"] == "nanometer" and scale["z"] == pytest.approx(2.0)
+    assert scale["x"] == pytest.approx(1.052, rel=1e-6)
