@@ -149,17 +149,23 @@ def _imagej_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
     return names if all(labels[i] == names[i % n] for i in range(len(labels))) else None
 
 
-def _ome_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
-    if tif.is_imagej and not tif.is_ome:
-        return _imagej_channel_names(tif)
+def _ome_pixels(tif: tifffile.TiffFile) -> dict[str, Any] | None:
+    """The first image's ``Pixels`` element of an OME-TIFF (None for other TIFFs or damaged OME-XML)."""
     if not tif.is_ome or not tif.ome_metadata:
         return None
     try:
         image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
         image = image[0] if isinstance(image, list) else image
-        channels = image["Pixels"].get("Channel")
-    except Exception:  # noqa: BLE001 - damaged OME-XML; channel names are optional, the pixels still read
+        return dict(image["Pixels"])
+    except Exception:  # noqa: BLE001 - damaged OME-XML; names and sizes are optional, the pixels still read
         return None
+
+
+def _channel_names(tif: tifffile.TiffFile, pixels: dict[str, Any] | None) -> list[str] | None:
+    """Channel names from the OME ``Pixels`` element, or an ImageJ hyperstack's plane labels."""
+    if tif.is_imagej and not tif.is_ome:
+        return _imagej_channel_names(tif)
+    channels = (pixels or {}).get("Channel")
     if channels is None:
         return None
     channels = channels if isinstance(channels, list) else [channels]
@@ -167,22 +173,11 @@ def _ome_channel_names(tif: tifffile.TiffFile) -> list[str] | None:
     return [str(n) for n in names] if all(n is not None for n in names) else None
 
 
-def _ome_pixels(tif: tifffile.TiffFile) -> dict[str, Any] | None:
-    if not tif.is_ome or not tif.ome_metadata:
-        return None
-    try:
-        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-        image = image[0] if isinstance(image, list) else image
-        return dict(image["Pixels"])
-    except Exception:  # noqa: BLE001 - damaged OME-XML; sizes are optional, the pixels still read
-        return None
-
-
-def _physical_sizes(tif: tifffile.TiffFile, series: Any, axes: str, path: Path) -> PhysicalSizes | None:
+def _physical_sizes(tif: tifffile.TiffFile, pixels: dict[str, Any] | None, series: Any, axes: str,
+                    path: Path) -> PhysicalSizes | None:
     """What the file says one pixel, one z step and one frame measure: OME-XML, ImageJ, or a plain TIFF's
     resolution tags when their unit is centimetres (an inch unit is print resolution, not a pixel size)."""
     try:
-        pixels = _ome_pixels(tif)
         if pixels is not None:
             physical = from_ome_pixels(pixels)
         else:
@@ -224,8 +219,9 @@ def read_tiff(path: str | os.PathLike[str], memmap: bool = True) -> ImageData:
     try:
         source_axes = str(series.axes)
         axes = normalize_axes(source_axes, path)
-        names = _ome_channel_names(tif)
-        physical = _physical_sizes(tif, series, axes, path)
+        pixels = _ome_pixels(tif)
+        names = _channel_names(tif, pixels)
+        physical = _physical_sizes(tif, pixels, series, axes, path)
         try:
             if memmap and _is_mappable(series):  # _open_tiff checked that the data lies inside the file
                 dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
@@ -260,8 +256,9 @@ class TiffSlabReader:
         try:
             self.source_axes = str(self._series.axes)
             self.axes = normalize_axes(self.source_axes, self.path)
-            self.channel_names = _ome_channel_names(self._tif)
-            self.physical = _physical_sizes(self._tif, self._series, self.axes, self.path)
+            pixels = _ome_pixels(self._tif)
+            self.channel_names = _channel_names(self._tif, pixels)
+            self.physical = _physical_sizes(self._tif, pixels, self._series, self.axes, self.path)
             self._plan_reads()
         except ScopertError:
             self._tif.close()
