@@ -282,7 +282,7 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     if opts.rescale and card.output.channels != in_channels:
         raise ConfigError(f"--rescale fits each restored channel to its ground truth, but this model maps "
                           f"{in_channels} input channel(s) to {card.output.channels}; drop --rescale.")
-    same_grid = all(abs(float(s) - 1.0) < 1e-9 for s in card.output.scale.values())
+    same_grid = _same_grid(card)
     if not same_grid and opts.channels == "all":
         raise ConfigError(f"--channels all puts the input beside the output, but this model changes the pixel grid "
                           f"(scale {card.output.scale}); use --channels restored or auto.")
@@ -314,6 +314,11 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
     in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output or n_split > 1
     return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,
                     raw_channels, gt_channels, split_axis, in_memory, n_tiles * n_split)
+
+
+def _same_grid(card) -> bool:
+    """True when the output lies on the input's pixel grid (no scale): only then can raw and GT sit beside it."""
+    return all(abs(float(s) - 1.0) < 1e-9 for s in card.output.scale.values())
 
 
 def _take_channels(image: ImageData, opts: ApplyOptions, stated_axes: str | None,
@@ -484,7 +489,7 @@ def _compose(job: ApplyJob, array: np.ndarray, gt_array: np.ndarray | None, prog
     restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
                              pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
     channels = {"restored": _sink_view(restored, model.output_axes(job.data_axes), job.sink_axes)}
-    if all(abs(float(v) - 1.0) < 1e-9 for v in model.card.output.scale.values()):
+    if _same_grid(model.card):
         raw = _sink_view(array, job.data_axes, job.sink_axes)
         channels["raw"] = norm(raw)  # the metrics compare normalized images
         if opts.raw_values == "input":

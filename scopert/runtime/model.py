@@ -46,7 +46,7 @@ def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes:
     if not path.exists():
         raise InputError(f"model file {path} does not exist.")
     if path.suffix.lower() in (".zip", ".yaml", ".yml") or (path.is_dir() and any(
-            (path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml"))) or path.name.endswith(".bioimageio.yaml"):
+            (path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml"))):
         raise InputError(f"{path} is a bioimage.io package; import it first: `scopert import bioimageio {path} -o "
                          "engines/NAME.onnx`, then run the .onnx it writes.")
     if path.suffix not in (".onnx", ".engine", ".plan"):
