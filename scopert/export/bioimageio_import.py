@@ -509,13 +509,11 @@ def append_steps(proto: Any, steps: list[Any], axes: str, at_input: bool) -> Any
 
 
 # ---- weights -> ONNX -----------------------------------------------------------------------------------------
-def _fetch_checked(fmt: str, weights: Any) -> str:
-    """Read the chosen weights once (a remote source is fetched now, and only now) and return their sha256; a
-    failed fetch says so."""
-    import hashlib
-
+def _read_weights(fmt: str, weights: Any) -> bytes:
+    """The chosen weights file, read once (a remote source is fetched now, and only now; bioimageio.spec checks a
+    declared sha256 as it reads); a failed fetch says so."""
     try:
-        return hashlib.sha256(weights.get_reader().read()).hexdigest()
+        return weights.get_reader().read()
     except ValueError as exc:  # sha256 mismatch raised by bioimageio.spec's reader
         raise CheckpointError(f"the {fmt} weights do not match the package: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - httpx/OS errors of a remote source (no network, 404, ...)
@@ -526,25 +524,24 @@ def _fetch_checked(fmt: str, weights: Any) -> str:
 
 def _onnx_for(inp: Any, fmt: str, weights: Any, card: ModelCard, opset: int) -> tuple[Any, list[str], str]:
     """The graph, notes, and the sha256 of the weights file it came from."""
-    sha = _fetch_checked(fmt, weights)
+    import hashlib
+
+    data = _read_weights(fmt, weights)
+    sha = hashlib.sha256(data).hexdigest()
     if fmt == "onnx":
-        return _read_onnx(weights), [], sha
-    module = _torch_module(fmt, weights)
+        return _read_onnx(weights, data), [], sha
+    module = _torch_module(fmt, weights, data)
     notes = [f"{fmt} weights exported to ONNX opset {opset} by ScopeRT"]
     proto = _export_torch(module, card, export_shapes(inp, card), opset, _test_input_shape(inp), notes)
     return proto, notes, sha
 
 
-def _read_onnx(weights: Any) -> Any:
-    """The ONNX weights (with external data, if any) as one ModelProto; the graph must take float32."""
+def _read_onnx(weights: Any, data: bytes) -> Any:
+    """The ONNX weights ``data`` (with external data, if any) as one ModelProto; the graph must take float32."""
     import tempfile
 
     import onnx
 
-    try:
-        data = weights.get_reader().read()
-    except ValueError as exc:  # sha256 mismatch raised by bioimageio.spec's reader
-        raise CheckpointError(f"the ONNX weights do not match the package: {exc}") from None
     if weights.external_data is not None:
         with tempfile.TemporaryDirectory() as tmp:
             main = Path(tmp) / "model.onnx"
@@ -564,7 +561,9 @@ def _read_onnx(weights: Any) -> Any:
     return proto
 
 
-def _torch_module(fmt: str, weights: Any) -> Any:
+def _torch_module(fmt: str, weights: Any, data: bytes) -> Any:
+    """The torch module: torchscript from ``data``; a state dict loaded with its architecture as bioimageio.core
+    loads it (which reads the file itself)."""
     try:
         import torch
     except ImportError:
@@ -575,10 +574,7 @@ def _torch_module(fmt: str, weights: Any) -> Any:
         import io
 
         try:
-            data = weights.get_reader().read()
             return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-        except ValueError as exc:
-            raise CheckpointError(f"the torchscript weights do not match the package: {exc}") from None
         except RuntimeError as exc:
             raise CheckpointError(f"the torchscript weights cannot be loaded ({exc}).") from None
     from bioimageio.core.backends.pytorch_backend import load_torch_model
