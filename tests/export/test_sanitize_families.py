@@ -140,7 +140,9 @@ def test_a_graph_one_engine_cannot_run_fails_the_export_with_the_reason(tmp_path
     from scopert.export import onnx_export
 
     proto, card = _tiny_onnx(tmp_path)
-    report = onnx_export.check_on_openvino(proto, card, (1, 1, 16, 16), 0, 1e-4, "m.onnx")
+    x = onnx_export._sample(card, (1, 1, 16, 16), 0)
+    ref = onnx_export._ort_run(proto, card, x)
+    report = onnx_export.check_on_openvino(proto, x, ref, 1e-4, "m.onnx")
     assert report["checked"] and report["max_abs_vs_ort"] <= report["tolerance"]
 
     def broken(_proto):
@@ -150,4 +152,4 @@ def test_a_graph_one_engine_cannot_run_fails_the_export_with_the_reason(tmp_path
 
     monkeypatch.setattr(onnx_export, "openvino_runner", broken)
     with pytest.raises(RunError, match=r"m.onnx runs on ONNX Runtime but not on OpenVINO \(RuntimeError: Shape"):
-        onnx_export.check_on_openvino(proto, card, (1, 1, 16, 16), 0, 1e-4, "m.onnx")
+        onnx_export.check_on_openvino(proto, x, ref, 1e-4, "m.onnx")
