@@ -98,13 +98,15 @@ def main() -> int:
     OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     lines = ["| package | ScopeRT ORT vs test output (whole / interior) | ScopeRT OpenVINO | bioimageio.core whole | "
              "ScopeRT vs core blockwise on 512x512 (whole / interior) | output range |", "|---|---|---|---|---|---|"]
+    def fmt(e: dict) -> str:
+        return f"{e['whole']:.2e} / {e['interior']:.2e}"
+
     for r in rows:
-        def fmt(e):
-            return f"{e['whole']:.2e} / {e['interior']:.2e}" if isinstance(e, dict) else "-"
+        blockwise = (fmt(r["scopert_ort_vs_core_blockwise_512"]) if "block" in r
+                     else r.get("core_blockwise_512_error", "-")[:80])
         lines.append(f"| {r['package']} | {fmt(r['scopert_ort_vs_test_output'])} | "
                      f"{fmt(r['scopert_openvino_vs_test_output'])} | {fmt(r['core_whole_vs_test_output'])} | "
-                     f"{fmt(r.get('scopert_ort_vs_core_blockwise_512')) if 'block' in r else r.get('core_blockwise_512_error', '-')[:80]} | "
-                     f"{r['scopert_ort_vs_test_output']['range']:.3g} |")
+                     f"{blockwise} | {r['scopert_ort_vs_test_output']['range']:.3g} |")
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -29,8 +29,10 @@ def summary_lines(card: ModelCard, model_name: str) -> list[str]:
         + (f", fixed shape {_axes_sizes(inp.fixed)} (tiles of exactly that size, the halo inside)" if inp.fixed
            else ""),
         f"output       {out.axes}, {out.channels} channel(s), scale {_axes_sizes(out.scale)}",
-        f"halo         {_axes_sizes(card.halo)}; tile-invariant: {'yes (crop stitching)' if card.tile_invariant else 'no (blend stitching by default)'}",
-        f"default tile {_axes_sizes(card.default_tile) if card.default_tile else 'none in the card (planned per input)'}",
+        f"halo         {_axes_sizes(card.halo)}; tile-invariant: "
+        + ("yes (crop stitching)" if card.tile_invariant else "no (blend stitching by default)"),
+        "default tile " + (_axes_sizes(card.default_tile) if card.default_tile
+                           else "none in the card (planned per input)"),
         f"normalize    {norm_text}{' per frame' if norm.per_frame else ''}",
     ]
     if card.postprocess:

@@ -118,7 +118,11 @@ class _PageWriter:
         self.tmp = partial_path(self.dest)
         remove_stale_partials(self.dest)
         self.tif = tifffile.TiffWriter(self.tmp, bigtiff=True)
-        self.physical = physical
+        # the same tags on every page (or tifffile starts a new series): ScopeRT's sizes in the description, and
+        # the pixel size as resolution tags in centimetres for every other reader
+        self._meta: dict[str, Any] = {"physical_sizes": physical.to_dict()} if physical else {}
+        x, y = (physical.get("x", "centimeter"), physical.get("y", "centimeter")) if physical else (None, None)
+        self._kw: dict[str, Any] = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "CENTIMETER"} if x and y else {}
         self.count = 0
         self._held: np.ndarray | None = None
 
@@ -144,15 +148,8 @@ class _PageWriter:
 
     def _write(self, frame: np.ndarray, single: bool = False) -> None:
         axes = "T" + ("CYX" if frame.ndim - single == 3 else "YX")
-        meta: dict[str, Any] = {"axes": axes}
-        kw: dict[str, Any] = {}  # the same tags on every page, or tifffile starts a new series
-        if self.physical:
-            meta["physical_sizes"] = self.physical.to_dict()  # read back by ScopeRT; the tags for every reader
-            x, y = self.physical.get("x", "centimeter"), self.physical.get("y", "centimeter")
-            if x and y:
-                kw = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "CENTIMETER"}
         try:
-            self.tif.write(frame, contiguous=True, metadata=meta, **kw)
+            self.tif.write(frame, contiguous=True, metadata={"axes": axes, **self._meta}, **self._kw)
         except OSError as exc:
             raise self._failure(exc) from exc
         self.count += 1
