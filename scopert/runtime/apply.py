@@ -430,7 +430,7 @@ def run_apply(job: ApplyJob, progress: Callable[[int], None] | None = None) -> A
             with open_writer(job.out, stream=stream) as writer:
                 sink = _FileSink(job, writer, None if raw_view is None else
                                  (lambda lo, hi: raw_values(np.asarray(raw_view[:, lo:hi]))))
-                model._run(internal, norm, rp, sink, progress)
+                model.run_plan(internal, norm, rp, sink, progress)
         finally:
             reader_of = raw_source.array if isinstance(raw_source, ChannelPlane) else raw_source
             if isinstance(reader_of, SlabVolume) and raw_source is not array:

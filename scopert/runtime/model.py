@@ -107,6 +107,7 @@ class RunPlan:
     stitch: str
     batch: int
     window: str
+    sums: bool = False  # blend: hand on the weighted sums and their weights (C + 1 channels), not their ratio
 
 
 class Model:
@@ -199,8 +200,10 @@ class Model:
         return rp
 
     # ---- running -------------------------------------------------------------------------------------
-    def _run(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,
-             progress: Callable[[int], None] | None = None) -> PipelineStats:
+    def run_plan(self, internal: np.ndarray, norm: AppliedNormalization, rp: RunPlan, sink: SlabSink,
+                 progress: Callable[[int], None] | None = None) -> PipelineStats:
+        """Run the tiles of a plan over a prepared array. A caller may bring tiles planned for a larger array
+        (a block of a volume: ``scopert.scaleout``), so a block runs the single machine's tiles."""
         plan = rp.plan
 
         def read_tile(tile) -> np.ndarray:
@@ -209,7 +212,7 @@ class Model:
         def make_stitcher(out_sink: SlabSink):
             if rp.stitch == "crop":
                 return CropStitcher(plan, rp.out_channels, out_sink)
-            return BlendStitcher(plan, rp.out_channels, out_sink, window=rp.window)
+            return BlendStitcher(plan, rp.out_channels, out_sink, window=rp.window, sums=rp.sums)
 
         checked = {}
 
@@ -293,7 +296,7 @@ class Model:
         self._check_time_window(internal)
         rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         out = np.empty(self.output_shape(internal.shape), np.float32)
-        self._run(internal, norm, rp, ArraySink(out), progress)
+        self.run_plan(internal, norm, rp, ArraySink(out), progress)
         return self._to_data_layout(out, data_axes)
 
     def predict_to(self, array: np.ndarray, sink: SlabSink, tile=None, overlap=None, stitch: str = "auto",
@@ -308,7 +311,7 @@ class Model:
         internal, data_axes, norm = self.prepare(array, axes, pmin, pmax, norm=norm)
         self._check_time_window(internal)
         rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
-        return self._run(internal, norm, rp, sink, progress)
+        return self.run_plan(internal, norm, rp, sink, progress)
 
     def n_tiles(self, shape: tuple[int, ...], axes: str | None = None, tile=None, overlap=None,
                 stitch: str = "auto") -> int:
@@ -364,7 +367,7 @@ class Model:
         rp = self.make_plan(dict(zip(self.in_layout.tiled, normalized.shape[1:])), tile, overlap, stitch, batch,
                             window_kind)
         out = np.empty(self.output_shape(normalized.shape), np.float32)
-        self._run(normalized, AppliedNormalization(0.0, 1.0), rp, ArraySink(out), progress)
+        self.run_plan(normalized, AppliedNormalization(0.0, 1.0), rp, ArraySink(out), progress)
         frame = out[0]
         if self.card.postprocess.get("kind") == "minmax_to_centre_frame":
             lo, hi = float(frame.min()), float(frame.max())

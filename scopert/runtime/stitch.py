@@ -89,8 +89,11 @@ def window_1d(at: AxisTile, size_out: int, kind: str, floor: float = 1e-3) -> np
 class BlendStitcher:
     """Weighted average of overlapping tile outputs; completed slabs are normalized and flushed."""
 
-    def __init__(self, plan: TilePlan, channels: int, sink: SlabSink, window: str = "gaussian") -> None:
-        self.plan, self.channels, self.sink, self.window = plan, channels, sink, window
+    def __init__(self, plan: TilePlan, channels: int, sink: SlabSink, window: str = "gaussian",
+                 sums: bool = False) -> None:
+        """``sums``: hand on the weighted sums with the weights as a last channel instead of their ratio (a block
+        of a distributed volume, whose neighbours add their own sums before the division)."""
+        self.plan, self.channels, self.sink, self.window, self.sums = plan, channels, sink, window, sums
         self._others = tuple(p.out_size for p in plan.plans[1:])
         self._acc = np.zeros((channels, 0) + self._others, np.float32)
         self._wsum = np.zeros((0,) + self._others, np.float32)
@@ -129,7 +132,10 @@ class BlendStitcher:
         if n <= 0:
             return
         self._ensure(done)
-        slab = self._acc[:, :n] / self._wsum[None, :n]
+        if self.sums:
+            slab = np.concatenate([self._acc[:, :n], self._wsum[None, :n]])
+        else:
+            slab = self._acc[:, :n] / self._wsum[None, :n]
         self.sink.write(slab, self._lo)
         self._acc = self._acc[:, n:].copy()
         self._wsum = self._wsum[n:].copy()

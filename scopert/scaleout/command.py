@@ -55,7 +55,7 @@ def apply_on_cluster(model: Any, jobs: list[tuple[Path, Path, Path | None]], opt
             plan = plan_volume(job, block, resume, backend, device)
             job.close()  # the workers read the input themselves
             with progress_bar(plan.grid.n_blocks, dst.name, unit="block") as bar:
-                bar.update(len(plan.done) if not plan.complete else plan.grid.n_blocks)
+                bar.update(plan.computed() if not plan.complete else plan.grid.n_blocks)
                 result = run_volume(plan, client, progress=bar.update)
     if result.ran == 0 and result.skipped == result.n_blocks:
         click.echo(f"{dst} is complete ({result.n_blocks} blocks); nothing to do", err=True)

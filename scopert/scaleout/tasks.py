@@ -1,13 +1,17 @@
-"""What runs on a Dask worker: one block of a volume (``run_block``) or one file of a folder (``run_file``).
+"""What runs on a Dask worker: one block of a volume (``run_block``, then ``run_rim`` for blend) or one file of a
+folder (``run_file``).
 
 The model is loaded once per worker process, not once per block: ``WorkerCache`` is a ``WorkerPlugin`` that
 holds the loaded models (keyed by the model file's sha256, which the worker checks against the client's) and
-the open inputs. Only a small ``VolumeJob`` (paths, the card's options, the fitted
-normalization) travels with each task, never the session or the data.
+the open inputs. Only a small ``VolumeJob`` (paths, the card's options, the fitted normalization, the run plan
+less its tiles) travels with each task, never the session or the data.
 
-A block reads its crop with halo straight from the input file, runs the same tiled ``Model.predict_to`` a
-single-machine run runs, writes its core as whole chunks of the output store, fsyncs them, and only then writes
-its ledger marker. Any failure is re-raised as ``BlockFailed`` naming the block, the worker and the cause.
+A block reads the union of its tiles' windows straight from the input file and runs exactly its tiles (planned
+on the client for the whole volume) with ``Model.run_plan``. Crop: it writes its core as whole chunks of the
+output store. Blend: it writes the interior of its core and keeps the weighted sums of the rest of its reach
+beside the store (``.scopert-sums/``); once every block has done so, ``run_rim`` adds the neighbours' sums over
+the rim of each core and writes it. Chunks are fsynced before the ledger marker is written. Any failure is
+re-raised as ``BlockFailed`` naming the block, the worker and the cause.
 Imports numpy, distributed, scopert and (inside functions) zarr; never torch or onnx.
 """
 
@@ -20,20 +24,22 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from scopert.scaleout.blocks import Block
+from scopert.scaleout.blocks import Block, Box, box_minus, intersect
 from scopert.scaleout.ledger import Ledger
 from scopert.runtime.io.atomic import fsync_path
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "scopert-worker-cache"
+SUMS_DIR = ".scopert-sums"  # inside the hidden store: blend sums kept for the rim pass
+SUMS_MARK = "sums-"  # ledger name of a block whose first (blend) pass is done
 
 
 class BlockFailed(RuntimeError):
@@ -67,6 +73,7 @@ class VolumeJob:
     level0: str  # its full-resolution array
     out_axes: str  # the output array's axes (NGFF order)
     sink_axes: str  # 'c' + tiled_axes: the order predict_to's output comes in
+    run: Any = None  # scopert.runtime.model.RunPlan of the whole volume, less its tiles (each block brings its own)
 
 
 def worker_label() -> str:
@@ -186,52 +193,149 @@ def _fsync_region(level0: Path, array: Any, region: tuple[slice, ...]) -> None:
         fsync_path(folder)
 
 
-def compute_block(block: Block, job: VolumeJob, cache: WorkerCache) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """The block's core in the output's axes and dtype, and the region of the output it fills."""
+def _to_store(values: np.ndarray, job: VolumeJob) -> np.ndarray:
+    """(C, *tiled) float values in the output array's axes and dtype."""
     from scopert.runtime.io import to_bit_depth
+
+    if "c" not in job.out_axes:
+        values = values[0]
+    axes = job.sink_axes if "c" in job.out_axes else job.sink_axes[1:]
+    return np.transpose(to_bit_depth(values, job.opts.bits), [axes.index(a) for a in job.out_axes])
+
+
+def _region(box: Box, job: VolumeJob) -> tuple[slice, ...]:
+    """The output array's region of a box over the tiled axes (output voxels)."""
+    outs = dict(zip(job.tiled_axes, box))
+    return tuple(slice(*outs[a]) if a in outs else slice(None) for a in job.out_axes)
+
+
+def _write(cache: WorkerCache, job: VolumeJob, box: Box, values: np.ndarray) -> None:
+    """Write (C, *box) values into the output and make them durable."""
+    array = cache.array(job.level0)
+    region = _region(box, job)
+    array[region] = _to_store(values, job)
+    _fsync_region(Path(job.level0), array, tuple(slice(s.start or 0, s.stop if s.stop is not None else n)
+                                                 for s, n in zip(region, array.shape)))
+
+
+def _read_block(model: Any, image: Any, block: Block, job: VolumeJob) -> tuple[np.ndarray, Any]:
+    """The block's read range, prepared for the model with the volume's normalization."""
+    ranges = dict(zip(job.tiled_axes, block.read))
+    crop = tuple(slice(*ranges[a]) if a in ranges else slice(None) for a in job.data_axes)
+    internal, _, norm = model.prepare(np.asarray(image.array[crop]), job.data_axes, norm=job.norm)
+    return internal, norm
+
+
+def _local(box: Box, origin: tuple[int, ...]) -> tuple[slice, ...]:
+    return (slice(None),) + tuple(slice(lo - o, hi - o) for (lo, hi), o in zip(box, origin))
+
+
+def sums_folder(job: VolumeJob, name: str) -> Path:
+    """Where block ``name`` keeps the blend sums its neighbours add (inside the hidden store, removed at the end)."""
+    return Path(job.store) / SUMS_DIR / name
+
+
+def compute_block(block: Block, job: VolumeJob, cache: WorkerCache) -> None:
+    """First pass: run the block's tiles. Crop (and whole-frame models): write its core. Blend: write its
+    interior and keep the sums of the rest of its reach for the rim pass (``run_rim``)."""
+    from scopert.runtime.layout import centre_frame_model
     from scopert.runtime.stitch import ArraySink
 
     model, lock = cache.model(job.model)
+    if centre_frame_model(model.card):
+        with lock:
+            _write(cache, job, block.out, _frame_block(model, cache.input(job.input_path, job.dataset,
+                                                                          job.input_sha256), block, job))
+        return
+    if block.tiles is None:  # blend: no tile of its own; the rim pass makes its whole core
+        return
     image = cache.input(job.input_path, job.dataset, job.input_sha256)
-    ranges = dict(zip(job.tiled_axes, block.read))
-    crop = tuple(slice(*ranges[a]) if a in ranges else slice(None) for a in job.data_axes)
-    data = np.asarray(image.array[crop])
-    channels = data.shape[job.data_axes.index("c")] if "c" in job.data_axes else 1
-    internal = (channels,) + tuple(data.shape[job.data_axes.index(a)] for a in job.tiled_axes)
-    out = np.empty(model.output_shape(internal), np.float32)
-    opts = job.opts
+    internal, norm = _read_block(model, image, block, job)
+    shape = model.output_shape(internal.shape)
+    origin = tuple(int(round(r0 * s)) for (r0, _), s in zip(block.read, job.scales))
+    if block.sums is None:
+        out = np.empty(shape, np.float32)
+        with lock:
+            model.run_plan(internal, norm, replace(job.run, plan=block.tiles), ArraySink(out))
+        _write(cache, job, block.out, out[_local(block.out, origin)])
+        return
+    sums = np.empty((shape[0] + 1,) + shape[1:], np.float32)
     with lock:
-        model.predict_to(data, ArraySink(out), opts.tile, opts.overlap, opts.stitch, opts.batch,
-                         axes=job.data_axes, window=opts.window, norm=job.norm)
-    core = out[(slice(None),) + tuple(slice(int(round((c0 - r0) * s)), int(round((c1 - r0) * s)))
-                                      for (c0, c1), (r0, _), s in zip(block.core, block.read, job.scales))]
-    if "c" not in job.out_axes:
-        core = core[0]
-    axes = job.sink_axes if "c" in job.out_axes else job.sink_axes[1:]
-    values = np.transpose(to_bit_depth(core, opts.bits), [axes.index(a) for a in job.out_axes])
-    outs = dict(zip(job.tiled_axes, block.out))
-    region = tuple(slice(*outs[a]) if a in outs else slice(None) for a in job.out_axes)
-    return values, region
+        model.run_plan(internal, norm, replace(job.run, plan=block.tiles, sums=True), ArraySink(sums))
+    if all(hi > lo for lo, hi in block.sums.interior):
+        part = sums[_local(block.sums.interior, origin)]
+        _write(cache, job, block.sums.interior, part[:-1] / part[-1:])
+    folder = sums_folder(job, block.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, piece in enumerate(box_minus(block.sums.extent, block.sums.interior)):
+        tmp = folder / f".{k}.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(sums[_local(piece, origin)]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / f"{k}.npy")
+    fsync_path(folder)
+
+
+def rim_values(block: Block, job: VolumeJob, piece: Box) -> np.ndarray:
+    """Blend, second pass: one rim piece of the block's core from the sums of every block that reaches it."""
+    acc = None
+    for name, extent, interior in block.sums.sources:
+        for k, src in enumerate(box_minus(extent, interior)):
+            inter = intersect(piece, src)
+            if inter is None:
+                continue
+            part = np.load(sums_folder(job, name) / f"{k}.npy", mmap_mode="r")
+            if acc is None:
+                acc = np.zeros((part.shape[0],) + tuple(hi - lo for lo, hi in piece), np.float32)
+            acc[_local(inter, tuple(lo for lo, _ in piece))] += part[_local(inter, tuple(lo for lo, _ in src))]
+    if acc is None or not np.all(acc[-1] > 0):
+        raise RuntimeError(f"the blend sums of block {block.name} do not cover its core (a planning fault)")
+    return acc[:-1] / acc[-1:]
 
 
 def run_block(block: Block, job: VolumeJob) -> dict[str, Any]:
-    """Restore one block, write its core (whole chunks), make it durable, then mark it done in the ledger."""
+    """First pass on one block; then mark it done in the ledger (blend: its sums, ``sums-NAME``)."""
     t0 = time.perf_counter()
     try:
-        cache = worker_cache()
-        values, region = compute_block(block, job, cache)
-        t1 = time.perf_counter()
-        array = cache.array(job.level0)
-        array[region] = values
-        _fsync_region(Path(job.level0), array, tuple(slice(s.start or 0, s.stop if s.stop is not None else n)
-                                                     for s, n in zip(region, array.shape)))
-        info = {"block": block.name, "worker": worker_label(), "compute_s": round(t1 - t0, 6),
-                "write_s": round(time.perf_counter() - t1, 6)}
-        Ledger.of(job.store).mark_done(block.name, info)
+        compute_block(block, job, worker_cache())
+        name = block.name if block.sums is None else f"{SUMS_MARK}{block.name}"
+        info = {"block": name, "worker": worker_label(), "compute_s": round(time.perf_counter() - t0, 6)}
+        Ledger.of(job.store).mark_done(name, info)
         info["seconds"] = time.perf_counter() - t0
         return info
     except Exception as e:  # noqa: BLE001 - one message that names the block, the worker and the cause
         raise BlockFailed(f"block {block.name} failed on worker {worker_label()}: {type(e).__name__}: {e}") from None
+
+
+def run_rim(block: Block, job: VolumeJob) -> dict[str, Any]:
+    """Blend, second pass on one block: finish the rim of its core from its neighbours' sums, mark it done."""
+    t0 = time.perf_counter()
+    try:
+        cache = worker_cache()
+        for piece in box_minus(block.out, block.sums.interior):
+            _write(cache, job, piece, rim_values(block, job, piece))
+        info = {"block": block.name, "worker": worker_label(), "seconds": time.perf_counter() - t0}
+        Ledger.of(job.store).mark_done(block.name, info)
+        return info
+    except Exception as e:  # noqa: BLE001
+        raise BlockFailed(f"block {block.name} (rim) failed on worker {worker_label()}: {type(e).__name__}: "
+                          f"{e}") from None
+
+
+def _frame_block(model: Any, image: Any, block: Block, job: VolumeJob) -> np.ndarray:
+    """A window-of-frames model: each frame of the core from its (mirrored) window, as ``Model.predict`` does."""
+    t_axis = job.data_axes.index("t")
+    n = image.shape[t_axis]
+    (t0, t1), opts = block.core[0], job.opts
+    need = sorted({j for i in range(t0, t1) for j in model.frame_window(n, i)})
+    lo, hi = need[0], need[-1] + 1
+    crop = tuple(slice(lo, hi) if a == "t" else slice(None) for a in job.data_axes)
+    movie = np.asarray(image.array[crop])
+    movie = np.transpose(movie, [job.data_axes.index(a) for a in "t" + model.in_layout.tiled])
+    frames = [model.predict_window(movie[[j - lo for j in model.frame_window(n, i)]], movie[i - lo], opts.tile,
+                                   opts.overlap, opts.stitch, opts.batch, opts.window) for i in range(t0, t1)]
+    return np.stack(frames)[None]
 
 
 def run_file(src: str, dst: str, gt: str | None, opts: Any, model_ref: ModelRef) -> dict[str, Any]:

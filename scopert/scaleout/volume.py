@@ -7,10 +7,15 @@ identity (sha256 of model, input and options). ``run_volume`` then creates the o
 and renames the store to ``OUT.zarr`` when every block is done: as with every ScopeRT output, the final name
 holds a complete image or nothing. A killed client leaves the hidden store and its ledger; ``--resume`` goes on.
 
-Blend stitching is refused (documented in the README): a block's blend weights depend on its own tile grid, so
-the result would depend on the block layout and differ from a single-machine run; making it exact needs the
-global tile grid split across blocks with an accumulate pass in 3^d conflict-free write groups (bigstream's
-schedule), which is not built. Tile-variant models (blend by default) run distributed as a folder of files.
+The tiles are planned once on the client over the whole volume, exactly as a single-machine run plans them,
+and every block runs the global tiles that write into its core (``blocks.py``): crop and blend stitching, and
+tile-variant models (instance or group norm over the tile), give the single-machine result whatever the block
+layout. Blend runs a tile that straddles a block boundary in both blocks (the redundant fraction, logged); the
+alternative, weighted partial sums normalized in a second pass, computes no tile twice but writes and reads
+the volume twice more, with 3^d write groups to keep blocks off each other's chunks: measured in
+benchmarks/results/dask_families.md, the redundant tiles at the default block cost less. Frame-window models
+(a window of frames in, the centre frame out) split along t only: each frame's normalization and remap use
+the whole frame.
 Imports numpy, scopert and (inside functions) distributed; never torch or onnx.
 """
 
@@ -20,15 +25,16 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from scopert.checksum import sha256_file
 from scopert.scaleout.blocks import BlockGrid, plan_blocks
+from scopert.runtime.tiling import AxisPlan, AxisTile, TilePlan, plan_axis
 from scopert.scaleout.dispatch import DispatchStats, dispatch, gpu_resources
 from scopert.scaleout.ledger import Ledger, input_fingerprint, options_digest
-from scopert.scaleout.tasks import ModelRef, VolumeJob, WorkerCache, run_block
+from scopert.scaleout.tasks import SUMS_DIR, SUMS_MARK, ModelRef, VolumeJob, WorkerCache, run_block, run_rim
 from scopert.errors import ConfigError, OutputError
 from scopert.runtime.layout import centre_frame_model, split_loop_axes
 from scopert.runtime.normalize import fit_normalization
@@ -57,6 +63,10 @@ class VolumePlan:
     out_spec: Any  # scopert.runtime.io.outputs.OutputSpec
     chunks: tuple[int, ...]
 
+    def computed(self) -> int:
+        """Blocks whose tiles have run (what a progress bar counts; blend rims follow in seconds)."""
+        return len({name.removeprefix(SUMS_MARK) for name in self.done})
+
 
 @dataclass
 class VolumeResult:
@@ -74,19 +84,10 @@ def check_distributable(apply_job: Any) -> None:
     if apply_job.out.kind != "zarr":
         raise ConfigError(f"--cluster writes one volume as OME-Zarr, so -o must end in .zarr (got "
                           f"{apply_job.output_path.name}); e.g. -o {apply_job.output_path.with_suffix('.zarr').name}.")
-    if centre_frame_model(card):
-        raise ConfigError("this model restores the centre frame of a window of frames, which is not split into "
-                          "blocks; run it without --cluster, or give a folder of movies (one task per file).")
-    if apply_job.in_memory:
-        raise ConfigError("-g, --rescale and --normalize_output_range_between_zero_and_one need the whole output "
-                          "at once; drop them with --cluster, or run without --cluster.")
-    stitch = opts.stitch if opts.stitch != "auto" else ("crop" if card.tile_invariant else "blend")
-    if stitch == "blend" or not card.tile_invariant:
-        why = ("blend stitching" if stitch == "blend" else "a tile-variant model (its card says tile_invariant: "
-               "false)")
-        raise ConfigError(f"--cluster splits a volume into blocks with crop stitching only; with {why} the result "
-                          "would depend on the block layout. Use --stitch crop with a tile-invariant model, run "
-                          "without --cluster, or give a folder of files (one task per file).")
+    if apply_job.gt_path is not None or opts.rescale or opts.normalize_output or (
+            apply_job.split_axis is not None and opts.channel is None):
+        raise ConfigError("-g, --rescale, --normalize_output_range_between_zero_and_one and --per-channel need the "
+                          "whole output at once; drop them with --cluster, or run without --cluster.")
 
 
 def preflight_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool) -> BlockGrid:
@@ -105,14 +106,37 @@ def preflight_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool
 
 
 def _grid(apply_job: Any, block: tuple[int, ...] | None) -> BlockGrid:
-    model, card = apply_job.model, apply_job.model.card
-    loop, _ = split_loop_axes(apply_job.data_axes, card)
-    tiled = model.in_layout.with_loop(loop).all_tiled
+    """Blocks over the volume's global tile plan (for a frame-window model: frames, each restored whole)."""
+    model, opts = apply_job.model, apply_job.opts
     shape = dict(zip(apply_job.data_axes, apply_job.image.shape))
-    halo = {a: int(card.halo.get(a, 0)) for a in model.in_layout.tiled}
-    scale = {a: float(card.output.scale.get(a, 1.0)) for a in model.in_layout.tiled}
-    min_read = {"t": int(card.input.time_window)} if "t" in model.in_layout.tiled and card.input.time_window else {}
-    return plan_blocks(tiled, tuple(shape[a] for a in tiled), block, halo, scale, min_read)
+    if centre_frame_model(model.card):
+        return _frame_blocks(model, shape, block)
+    loop, _ = split_loop_axes(apply_job.data_axes, model.card)
+    tiled = model.in_layout.with_loop(loop).all_tiled
+    rp = model.make_plan({a: shape[a] for a in tiled}, opts.tile, opts.overlap, opts.stitch, opts.batch,
+                         opts.window, loop)
+    grid = plan_blocks(rp.plan, block, replace(rp, plan=None))
+    extra = grid.redundant_fraction()
+    log.info("%d blocks of %s over %d tiles of %s (%s stitching); %.1f%% of the tiles run in two blocks",
+             grid.n_blocks, "x".join(map(str, grid.block)), rp.plan.n_tiles, "x".join(map(str, rp.plan.tile_shape)),
+             rp.stitch, 100 * extra)
+    return grid
+
+
+def _frame_blocks(model: Any, shape: dict[str, int], block: tuple[int, ...] | None) -> BlockGrid:
+    """A window-of-frames model: blocks of whole frames along t (the frame windows are read around them)."""
+    axes = "t" + model.in_layout.tiled
+    frames = plan_axis("t", shape["t"], 1, 0, 1, 1.0, "crop")  # one frame per tile
+    scale = model.card.output.scale
+    whole = tuple(AxisPlan(a, shape[a], shape[a], 0, float(scale.get(a, 1.0)),
+                           (AxisTile(0, shape[a], 0, shape[a], True, True),)) for a in model.in_layout.tiled)
+    given = tuple(block or ())
+    if len(given) > 1 and any(b < shape[a] for a, b in zip(axes[len(axes) - len(given):], given) if a != "t"):
+        raise ConfigError(f"--block {','.join(map(str, given))}: this model restores whole frames (its per-frame "
+                          f"normalization and remap use the whole frame), so blocks split t only; give --block N "
+                          f"(frames per block).")
+    return plan_blocks(TilePlan(axes, "crop", (frames,) + whole), given[:1] + tuple(shape[a] for a in axes[1:])
+                       if given else None)
 
 
 def plan_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool, backend: str = "auto",
@@ -127,10 +151,11 @@ def plan_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool, bac
 
     output = Path(apply_job.output_path).absolute()
     partial = incomplete_path(output)
-    norm = fit_normalization(apply_job.image.array, card.normalization, opts.p_min, opts.p_max)
+    norm = None if centre_frame_model(card) else fit_normalization(apply_job.image.array, card.normalization,
+                                                                     opts.p_min, opts.p_max)
     options = {k: v for k, v in asdict(opts).items() if k not in ("batch", "in_memory_bytes")}
     options.update(block=list(grid.block), data_axes=apply_job.data_axes, out_axes=out.axes,
-                   out_shape=list(out.shape), normalization=asdict(norm))
+                   out_shape=list(out.shape), normalization=asdict(norm) if norm else "per frame")
     manifest = {"version": 1, "model": str(model.path), "model_sha256": sha256_file(model.path),
                 "input": str(apply_job.input_path), "input_sha256": input_fingerprint(apply_job.input_path),
                 "options": options, "options_sha256": options_digest(options), "n_blocks": grid.n_blocks,
@@ -160,7 +185,8 @@ def plan_volume(apply_job: Any, block: tuple[int, ...] | None, resume: bool, bac
         input_path=str(Path(apply_job.input_path).absolute()), input_sha256=manifest["input_sha256"],
         dataset=opts.dataset,
         data_axes=apply_job.data_axes, tiled_axes=tiled, scales=grid.scale, opts=opts, norm=norm,
-        store=str(partial), level0=str(partial / "0"), out_axes=out.axes, sink_axes=apply_job.sink_axes)
+        store=str(partial), level0=str(partial / "0"), out_axes=out.axes, sink_axes=apply_job.sink_axes,
+        run=grid.run)
     return VolumePlan(job, grid, output, manifest, done, fresh, complete, out, chunks)
 
 
@@ -182,10 +208,11 @@ def _create_store(plan: VolumePlan) -> None:
 def _finish(plan: VolumePlan) -> None:
     """Rename the store to its final name once the ledger lists every block."""
     partial = Path(plan.job.store)
-    done = Ledger.of(partial).done()
+    done = {name for name in Ledger.of(partial).done() if not name.startswith(SUMS_MARK)}
     missing = plan.grid.n_blocks - len(done)
     if missing:
         raise OutputError(f"{missing} of {plan.grid.n_blocks} blocks have no ledger marker; rerun with --resume")
+    shutil.rmtree(partial / SUMS_DIR, ignore_errors=True)
     os.replace(partial, plan.output)
     fd = os.open(plan.output.parent, os.O_RDONLY)
     try:
@@ -206,15 +233,23 @@ def run_volume(plan: VolumePlan, client: Any, *, progress: Callable[[int], None]
     if plan.fresh:
         _create_store(plan)
     client.register_plugin(WorkerCache())  # idempotent: a warm cache survives from run to run
-    todo = (b for b in plan.grid if b.name not in plan.done)
-    skipped = len(plan.done)
+    done = plan.done
+    skipped = len([n for n in done if not n.startswith(SUMS_MARK)])
     if skipped:
         log.info("resuming: %d of %d blocks are done; running the other %d", skipped, plan.grid.n_blocks,
                  plan.grid.n_blocks - skipped)
-    stats = dispatch(client, task, todo, (plan.job,), window=window or max(16, 4 * total_threads(client)),
-                     what=lambda b: f"block {b.name}", resources=gpu_resources(client),
-                     on_done=(lambda info: progress(1)) if progress else None,
-                     failed_hint=f"; the finished blocks are in the ledger of {plan.job.store}: fix the cause and "
-                                 "rerun with --resume")
+    blend = plan.grid.plan.mode == "blend"
+    window = window or max(16, 4 * total_threads(client))
+    hint = (f"; the finished blocks are in the ledger of {plan.job.store}: fix the cause and rerun with --resume")
+    first = (b for b in plan.grid if b.name not in done and f"{SUMS_MARK}{b.name}" not in done)
+    stats = dispatch(client, task, first, (plan.job,), window=window, what=lambda b: f"block {b.name}",
+                     resources=gpu_resources(client),
+                     on_done=(lambda info: progress(1)) if progress else None, failed_hint=hint)
+    if blend:  # every block's sums are on disk: finish the rims (no model, no GPU: reads, adds, writes)
+        t1 = time.perf_counter()
+        rims = dispatch(client, run_rim, (b for b in plan.grid if b.name not in done), (plan.job,), window=window,
+                        what=lambda b: f"block {b.name} (rim)", failed_hint=hint)
+        stats.done = rims.done
+        log.info("blend: rims of %d blocks finished in %.2f s", rims.done, time.perf_counter() - t1)
     _finish(plan)
     return VolumeResult(plan.output, plan.grid.n_blocks, skipped, stats.done, time.perf_counter() - t0, stats)

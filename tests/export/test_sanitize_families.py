@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from scopert.errors import RunError
+from tests.families import IMPORTED
 
 
 def _tiny_onnx(tmp_path):
@@ -47,55 +48,10 @@ def test_the_sanitize_check_uses_the_export_tolerance_relative_to_the_output_ran
     assert report["max_abs_change"] <= report["tolerance"] < 1e-2
 
 
-def _cnnt(tmp_path):
-    from scopert.training.importers.cnnt_pt import import_cnnt
-    from tests.training.test_cnnt_import import SEED_JSON, _seed_files
-
-    _, pt, js = _seed_files(tmp_path, SEED_JSON)
-    return import_cnnt(pt, js, tmp_path / "run")
-
-
-def _rcan(tmp_path):
-    from scopert.training.importers.keras_rcan import import_keras_rcan
-    from tests.training.test_keras_rcan_import import keras_rcan_config, write_keras_file
-
-    config, _ = keras_rcan_config(ndim=3, shape=(6, 10, 12), channels=4, groups=1, blocks=1, reduction=2)
-    src = tmp_path / "weights_012_0.01234567.hdf5"
-    write_keras_file(src, config, np.random.default_rng(7))
-    return import_keras_rcan(src, tmp_path / "run")
-
-
-def _unet(tmp_path):
-    from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
-    from tests.training.test_unet_import import MODEL_SECTION, _seed_model, _write_seed_checkpoint, _write_yaml
-
-    ckpt = _write_seed_checkpoint(tmp_path / "best_checkpoint.pytorch", _seed_model(MODEL_SECTION))
-    return import_pytorch3dunet(ckpt, _write_yaml(tmp_path / "test.yaml", MODEL_SECTION), tmp_path / "run")
-
-
-def _blindspot(tmp_path):
-    from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
-    from tests.training.test_blindspot_import import _shine, _write_lightning_checkpoint
-
-    model = _shine({"name": "3x3_blind", "frame_num": 3, "filter": 8})
-    return import_lightning_blindspot(_write_lightning_checkpoint(tmp_path / "epoch=38.ckpt", model), tmp_path / "run")
-
-
-def _tagan(tmp_path):
-    from scopert.training.importers.tagan_pth import import_tagan
-    from scopert.training.models import tagan
-    from tests.training.test_tagan_import import _opt, _randomize
-
-    g = _randomize(tagan.build_model({"ngf": 8}), 1)
-    torch.save(g.state_dict(), tmp_path / "1000_net_G.pth")
-    return import_tagan(tmp_path / "1000_net_G.pth", tmp_path / "run", opt_txt=_opt(tmp_path))
-
-
-IMPORTED = {"cnnt": _cnnt, "rcan": _rcan, "unet": _unet, "blindspot": _blindspot, "tagan": _tagan}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(IMPORTED))
+@pytest.mark.parametrize("family", [f for f in IMPORTED if f != "rcan2d"])
 def test_every_family_imported_from_its_seed_checkpoint_exports_through_the_sanitizer(family, tmp_path):
     from scopert.export import export_run
     from scopert.runtime import load

@@ -66,7 +66,8 @@ def test_auto_measures_real_engines_once(tmp_path, caplog):
         model = load(path)
     rec = next(iter(json.loads(cache_path(path).read_text())["records"].values()))
     assert set(rec["seconds"]) == {"ort", "openvino"} and rec["input_shape"] == [1, 1, 256, 256]
-    assert model.backend.info.name == rec["backend"] == min(rec["seconds"], key=rec["seconds"].get)
+    assert model.backend.info.name == rec["backend"]
+    assert rec["seconds"][rec["backend"]] == min(rec["seconds"].values())  # recorded rounded: a tie may list either
     assert "measured now" in model.backend.info.reason
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "backend auto: measured openvino, ort" in text

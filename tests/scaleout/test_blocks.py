@@ -1,4 +1,5 @@
-"""Block planning: cores partition the volume, reads add the halo inside the volume, chunks divide the blocks."""
+"""Block planning on the volume's global tiles: cores partition the volume, each block runs exactly the tiles that
+write into its core, reads stay inside the volume, chunks divide the blocks, and cut-up tiles are counted."""
 
 from __future__ import annotations
 
@@ -7,28 +8,52 @@ import itertools
 import numpy as np
 import pytest
 
-from scopert.scaleout.blocks import plan_blocks
 from scopert.errors import ConfigError
+from scopert.runtime.tiling import plan_tiles
+from scopert.scaleout.blocks import BlockGrid, plan_blocks
 
 
-@pytest.mark.parametrize("sizes,block", [((37, 150, 130), (8, 48, 64)), ((5, 64, 64), (5, 64, 64)),
-                                         ((3, 7, 9), (2, 4, 4))])
-def test_cores_partition_the_volume_and_outputs_are_chunk_aligned(sizes, block):
-    grid = plan_blocks("zyx", sizes, block, {"z": 1, "y": 2, "x": 2}, {"y": 2.0, "x": 2.0})
+def _plan(sizes, tile, halo, mode, axes="zyx", scale=None, divisor=None):
+    shape = dict(zip(axes, sizes))
+    return plan_tiles(shape, dict(zip(axes, tile)), dict(zip(axes, halo)), divisor or {}, scale or {}, mode)
+
+
+@pytest.mark.parametrize("mode", ["crop", "blend"])
+@pytest.mark.parametrize("sizes,tile,block", [((37, 150, 130), (12, 24, 28), (8, 48, 64)),
+                                              ((5, 64, 64), (8, 32, 32), (5, 64, 64)),
+                                              ((9, 17, 19), (6, 8, 8), (2, 4, 4))])
+def test_cores_partition_the_volume_and_blocks_run_the_tiles_that_write_their_core(sizes, tile, block, mode):
+    plan = _plan(sizes, tile, (1, 2, 2), mode, scale={"y": 2.0, "x": 2.0})
+    grid = BlockGrid(plan, block)  # any block, however many tiles it cuts (plan_blocks refuses the worst)
     covered = np.zeros(sizes, np.int32)
     chunks = grid.output_chunks()
     for b in grid:
         covered[tuple(slice(lo, hi) for lo, hi in b.core)] += 1
-        for (lo, hi), (r_lo, r_hi), (o_lo, o_hi), h, c, n, s in zip(b.core, b.read, b.out, grid.halo, chunks,
-                                                                    sizes, grid.scale):
-            assert r_lo == max(0, lo - h) and r_hi == min(n, hi + h)
-            assert o_lo % c == 0 and (o_hi % c == 0 or o_hi == round(n * s)), "writes start and end on chunks"
+        if b.tiles is None:  # blend: a block may own no tile (its core is made of its neighbours' sums)
+            continue
+        for ap, local, (lo, hi), (r_lo, r_hi), (o_lo, o_hi), c, n in zip(plan.plans, b.tiles.plans, b.core, b.read,
+                                                                         b.out, chunks, sizes):
+            assert 0 <= r_lo and r_hi <= n, "reads stay in the volume"
+            assert mode == "blend" or (r_lo <= lo and hi <= r_hi), "crop: the read holds the core"
+            assert o_lo % c == 0 and (o_hi % c == 0 or o_hi == round(n * ap.scale)), "writes start/end on chunks"
+            starts = {t.start for t in ap.tiles}
+            assert all(t.start + r_lo in starts for t in local.tiles), "a block's tiles are global tiles"
+            if mode == "crop":  # every global tile that writes into the core is in the block
+                for t in ap.tiles:
+                    if t.write_start < hi and lo < t.write_stop:
+                        assert any(u.start + r_lo == t.start for u in local.tiles)
+        if mode == "blend":  # the interior lies in the core and in the block's own reach
+            for (i0, i1), (e0, e1), (o0, o1) in zip(b.sums.interior, b.sums.extent, b.out):
+                assert i1 <= i0 or (o0 <= i0 and i1 <= o1 and e0 <= i0 and i1 <= e1)
+    if mode == "blend":  # each tile is run by exactly one block
+        assert grid.tiles_run() == plan.n_tiles and grid.redundant_fraction() == 0
     assert covered.min() == 1 and covered.max() == 1, "every voxel is written by exactly one block"
     assert grid.n_blocks == len(list(grid)) == int(np.prod([-(-n // b) for n, b in zip(sizes, grid.block)]))
+    assert grid.redundant_fraction() >= 0
 
 
 def test_two_blocks_never_share_an_output_chunk():
-    grid = plan_blocks("zyx", (20, 100, 90), (6, 32, 32), {"z": 2, "y": 2, "x": 2}, {})
+    grid = BlockGrid(_plan((20, 100, 90), (8, 24, 24), (2, 2, 2), "blend"), (6, 32, 32))
     chunks = grid.output_chunks()
     owner = {}
     for b in grid:
@@ -37,23 +62,36 @@ def test_two_blocks_never_share_an_output_chunk():
             assert owner.setdefault(idx, b.name) == b.name, f"chunk {idx} written by {owner[idx]} and {b.name}"
 
 
-def test_block_smaller_than_twice_the_halo_is_refused():
-    with pytest.raises(ConfigError, match="2x the model's halo"):
-        plan_blocks("zyx", (40, 200, 200), (8, 6, 64), {"z": 2, "y": 4, "x": 4}, {})
-    # a block that covers the whole axis is fine whatever the halo
-    assert plan_blocks("yx", (6, 200), (6, 64), {"y": 4, "x": 4}, {}).grid == (1, 4)
+def test_default_blocks_are_whole_tiles_and_crop_runs_no_tile_twice():
+    plan = _plan((200, 1500, 1300), (40, 136, 136), (4, 4, 4), "crop")
+    grid = plan_blocks(plan, None)
+    steps = [p.tiles[1].start - p.tiles[0].start for p in plan.plans]
+    assert all(b % s == 0 for b, s in zip(grid.block, steps)), (grid.block, steps)
+    assert grid.block[1] >= 512 and grid.block[0] >= 64
+    assert grid.redundant_fraction() < 0.05  # only the last, shifted-back tile per axis may straddle
+
+
+def test_blocks_that_cut_most_tiles_in_two_are_refused_with_whole_tiles_to_use():
+    plan = _plan((40, 200, 200), (16, 64, 64), (1, 2, 2), "crop")
+    with pytest.raises(ConfigError, match=r"more tiles would run than on one machine.*--block"):
+        plan_blocks(plan, (8, 8))
+    # a block that covers the whole axis is fine whatever the tile
+    assert plan_blocks(_plan((6, 200), (16, 32), (4, 4), "crop", axes="yx"), (6, 48)).grid == (1, 5)
+    # blend runs each tile in one block whatever the block size
+    assert plan_blocks(_plan((40, 200, 200), (16, 64, 64), (1, 2, 2), "blend"), (8, 8)).redundant_fraction() == 0
 
 
 def test_trailing_values_and_defaults():
-    grid = plan_blocks("tzyx", (3, 10, 600, 700), (256, 256), {"y": 1, "x": 1}, {})
-    assert grid.block == (3, 10, 256, 256) and grid.grid == (1, 1, 3, 3)
+    grid = plan_blocks(_plan((3, 10, 600, 700), (1, 10, 130, 130), (0, 0, 1, 1), "crop", axes="tzyx"), (256, 256))
+    assert grid.block[2:] == (256, 256) and grid.grid[2:] == (3, 3)
     with pytest.raises(ConfigError, match="at most 2"):
-        plan_blocks("yx", (64, 64), (1, 32, 32), {}, {})
+        plan_blocks(_plan((64, 64), (32, 32), (0, 0), "crop", axes="yx"), (1, 32, 32))
 
 
-def test_time_window_widens_short_reads_inside_the_movie():
-    grid = plan_blocks("tyx", (17, 64, 64), (4, 64, 64), {"t": 1, "y": 2, "x": 2}, {}, min_read={"t": 6})
-    for b in grid:
+def test_time_window_tiles_are_read_whole_inside_the_movie():
+    plan = _plan((17, 64, 64), (6, 32, 32), (1, 2, 2), "crop", axes="tyx")
+    for b in plan_blocks(plan, (4, 64, 64)):
         lo, hi = b.read[0]
-        assert hi - lo >= 6 and 0 <= lo and hi <= 17
-        assert lo <= b.core[0][0] - min(1, b.core[0][0]) and hi >= min(17, b.core[0][1] + 1)
+        assert 0 <= lo and hi <= 17
+        for t in b.tiles.plans[0].tiles:  # each 6-frame window, clipped to the movie, lies inside the read
+            assert lo <= max(0, t.start + lo) and min(17, t.start + lo + 6) <= hi and t.size == 6

@@ -12,11 +12,11 @@ from tests.scaleout.helpers import distributed_run, read_zarr, single
 
 CASES = {
     # model, input fixture, --block, ApplyOptions
-    "2d": ("m2d.onnx", "w2s_image", (48, 48), {"tile": (32, 32)}),
-    "2d_upsampling": ("m2d_up.onnx", "w2s_image", (40, 64), {"tile": (24, 24)}),
-    "2d_over_z_stack": ("m2d.onnx", "em_volume", (5, 48, 64), {"tile": (32, 32), "bits": 16}),
-    "3d_two_channels": ("m3d.onnx", "em_volume", (4, 40, 48), {"tile": (8, 24, 24)}),
-    "2d_plus_t": ("m2dt.onnx", "movie", (6, 32, 48), {"tile": (8, 24, 24)}),
+    "2d": ("m2d.onnx", "w2s_image", (56, 56), {"tile": (32, 32)}),
+    "2d_upsampling": ("m2d_up.onnx", "w2s_image", (40, 60), {"tile": (24, 24)}),
+    "2d_over_z_stack": ("m2d.onnx", "em_volume", (5, 56, 56), {"tile": (32, 32), "bits": 16}),
+    "3d_two_channels": ("m3d.onnx", "em_volume", (4, 40, 40), {"tile": (8, 24, 24)}),
+    "2d_plus_t": ("m2dt.onnx", "movie", (8, 40, 40), {"tile": (8, 24, 24)}),
 }
 
 
@@ -70,7 +70,7 @@ def test_the_cluster_output_keeps_the_physical_sizes(dist_models, client, data_d
     tifffile.imwrite(src, vol, imagej=True, resolution=(1 / 1.052, 1 / 1.052),
                      metadata={"axes": "ZYX", "unit": "nm", "spacing": 2.0})
     single(dist_models / "m3d.onnx", src, tmp_path / "single.zarr", tile=(8, 24, 24))
-    distributed_run(dist_models / "m3d.onnx", src, tmp_path / "dist.zarr", client, (4, 32, 32), tile=(8, 24, 24))
+    distributed_run(dist_models / "m3d.onnx", src, tmp_path / "dist.zarr", client, (4, 40, 40), tile=(8, 24, 24))
     ms = [zarr.open_group(str(tmp_path / f"{k}.zarr"), mode="r").attrs.asdict()["multiscales"][0]
           for k in ("single", "dist")]
     assert ms[0]["axes"] == ms[1]["axes"] and ms[0]["datasets"] == ms[1]["datasets"]
