@@ -95,7 +95,7 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
     import numpy as np
 
     from scopert.runtime import load
-    from scopert.runtime.bench import bench_pipeline, compare_engines, tune_tile
+    from scopert.runtime.bench import bench_pipeline, compare_engines, run_roofline, tune_tile
 
     volume = None
     if data_path:
@@ -141,6 +141,7 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
     gate = getattr(model, "precision_decision", None)
     if gate is not None:
         result["bf16_gate"] = gate.as_dict()
+    result["roofline"] = run_roofline(model_path, model, result)
     result["camera_verdicts"] = camera_verdicts(result["pipeline_voxels_per_s"], user_rate)
     for key, value in result.items():
         if key not in ("engines", "tile_sweep"):  # printed above as rows

@@ -161,6 +161,27 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
             "roofline": {k: v for k, v in roof.items() if k != "engines"}}
 
 
+def run_roofline(path: str | Path, model: Model, result: dict[str, Any]) -> dict[str, Any]:
+    """GFLOP/s and fraction of the measured peak of the engine and precision a plain bench ran (its raw loop:
+    the tile batches through the backend alone), so a slow default shows itself in every bench."""
+    info = model.backend.info
+    if getattr(info, "device", "cpu") not in ("cpu", None):
+        return {"note": f"not measured: the peak is measured on the CPU, and this run used {info.device}"}
+    prec = "bf16" if "bf16" in info.precision else "int8" if "int8" in info.precision else "f32"
+    name = f"{info.name}_{prec}"
+    batch = int(result["batch"])
+    seconds = result["raw_seconds"] * batch / max(1, int(result["tiles"]))  # one full batch
+    shape = _random_batch(model, dict(zip(model.in_layout.tiled, result["tile"])), batch).shape
+    notes: dict[str, str] = {}
+    roof = roofline_rows(path, shape, {name: seconds}, notes, model.card.output.axes)
+    if not roof:
+        return {"note": notes.get("roofline", "not measured")}
+    row = roof["engines"][name]
+    return {"engine": name, "gflops": row["roofline_gflops"], "fraction_of_peak": row["roofline_fraction_of_peak"],
+            "peak_gflops": row["roofline_peak_gflops"], "flops_per_voxel": roof["flops"]["flops_per_voxel"],
+            "peak_how": roof["peaks"].get(prec, {}).get("how")}
+
+
 def roofline_rows(path: str | Path, batch_shape: tuple[int, ...], seconds: dict[str, float],
                   notes: dict[str, str] | None = None, output_axes: str | None = None) -> dict[str, Any]:
     """GFLOP/s and fraction of the measured peak of each timed engine (name ending in its precision:
