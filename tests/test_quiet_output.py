@@ -75,7 +75,7 @@ def test_a_plain_apply_says_each_decision_once(tmp_path, data_dir):
 
     conv_stack(tmp_path / "m.onnx", ndim=2, global_mean=True)  # tile-variant: blend, so the overlap rule applies
     src = data_dir / "em_misc/n2v_sem_demo_test_input.tif"
-    res = _scopert("apply", "-m", tmp_path / "m.onnx", "-i", src, "-o", tmp_path / "o.tif", "-O", "1,1")
+    res = _scopert("apply", "-m", tmp_path / "m.onnx", "-i", src, "-o", tmp_path / "o.tif", "-O", "1,1", "-B", "256,256")
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 0, res.stderr
     # backend, precision, the model in one line, the overlap correction per axis, the result (was 3x the backend,

@@ -118,6 +118,7 @@ class Model:
         self.in_layout, self.out_layout = layouts(card)
         self.last_stats: PipelineStats | None = None
         self._last_plan: tuple[tuple, RunPlan] | None = None  # a run planned again (check, then run) is planned once
+        self._voxel_bytes: int | None = None
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, family={self.card.family!r}, backend={self.backend.info.name!r})"
@@ -136,27 +137,44 @@ class Model:
     def _tiled_shape(self, internal: np.ndarray, layout: Layout) -> dict[str, int]:
         return dict(zip(layout.tiled, internal.shape[1:]))
 
-    def default_tile(self, shape: dict[str, int]) -> dict[str, int]:
-        """The card's default tile, or a size that keeps the halo overhead modest. A backend with fixed shapes
-        (a TensorRT engine: ``tile_range`` gives (min, opt, max) per axis) gets the tile it was built for."""
+    def default_tile(self, shape: dict[str, int], batch: int = 1, mode: str | None = None) -> dict[str, int]:
+        """The tile a run over ``shape`` gets by default (``tile_choice``)."""
+        return self.tile_choice(shape, batch, mode)[0]
+
+    def tile_choice(self, shape: dict[str, int], batch: int = 1,
+                    mode: str | None = None) -> tuple[dict[str, int], str]:
+        """(tile, why). A backend with fixed shapes (a TensorRT engine: ``tile_range`` gives (min, opt, max) per
+        axis) gets the tile it was built for, a graph built for one shape that shape, a 2D+t model's time axis its
+        window; every other axis the size that computes the fewest voxels per voxel written within a memory
+        budget (``tile_cost``), not the training patch."""
+        from scopert.runtime.tile_cost import choose_tile
+
         fixed = getattr(self.backend, "tile_range", None)
         ranges = fixed() if callable(fixed) else {}
-        tile = {}
-        for ax, n in shape.items():
-            if ax in ranges:  # the engine's opt tile: every batch of it fits the profile
-                tile[ax] = int(ranges[ax][1])
-                continue
-            if ax in self.card.input.fixed:  # a graph built for one shape takes tiles of exactly that shape
-                tile[ax] = int(self.card.input.fixed[ax])
-                continue
-            d = self.card.input.divisor.get(ax, 1)
-            h = self.card.halo.get(ax, 0)
-            base = self.card.default_tile.get(ax)
-            if base is None:
-                base = self.card.input.time_window if ax == "t" else (32 if ax == "z" else 256)
-            base = max(int(base), 4 * h + d)
-            tile[ax] = round_up(base, d)
-        return tile
+        if ranges and all(ax in ranges for ax in shape):  # the engine's opt tile: every batch of it fits the profile
+            return {ax: int(ranges[ax][1]) for ax in shape}, "the engine's optimization profile"
+        pinned = {ax: int(ranges[ax][1]) for ax in shape if ax in ranges}
+        pinned.update({ax: int(self.card.input.fixed[ax]) for ax in shape if ax in self.card.input.fixed})
+        if "t" in shape and "t" not in pinned and self.card.input.time_window:
+            base = int(self.card.default_tile.get("t") or self.card.input.time_window)
+            h, d = self.card.halo.get("t", 0), self.card.input.divisor.get("t", 1)
+            pinned["t"] = round_up(max(base, 4 * h + d), d)
+        if len(pinned) == len(shape):
+            return pinned, "fixed by the model"
+        mode = mode or ("crop" if self.card.tile_invariant else "blend")
+        choice = choose_tile(shape, self.card.halo, self.card.input.divisor, mode, self._bytes_per_voxel(), batch,
+                             pinned)
+        return choice.tile, choice.why()
+
+    def _bytes_per_voxel(self) -> int:
+        """Activation bytes per tile voxel: the widest filter bank x 4 B x ``LIVE_BUFFERS`` (read once)."""
+        if self._voxel_bytes is None:
+            from scopert.runtime.onnx_file import widest_filter_bank
+            from scopert.runtime.tile_cost import LIVE_BUFFERS
+
+            channels = widest_filter_bank(self.path) if self.path.suffix == ".onnx" else 64
+            self._voxel_bytes = 4 * LIVE_BUFFERS * max(channels, self.card.input.channels, self.card.output.channels)
+        return self._voxel_bytes
 
     def _scales(self) -> dict[str, float]:
         out = dict(self.card.output.scale)
@@ -178,7 +196,11 @@ class Model:
         if batch is not None and batch < 1:
             raise ConfigError(f"batch {batch}: give at least 1 tile per inference call.")
         own = {ax: n for ax, n in shape.items() if ax not in loop}
-        tiles = self.default_tile(own) if tile is None else _per_axis(tile, own, "tile")
+        if tile is None:
+            tiles, why = self.tile_choice(own, batch or (4 if loop else 1), stitch)
+            log.info("default tile %s", why)
+        else:
+            tiles = _per_axis(tile, own, "tile")
         fixed = self.card.input.fixed
         for ax, size in tiles.items():
             if ax in fixed and size != fixed[ax]:

@@ -129,6 +129,38 @@ def _walk(buf: memoryview, kind: str, depth: int, found: list[ExternalData]) -> 
             _walk(value, child, depth + 1, found)
 
 
+def _dims(buf: memoryview) -> list[int]:
+    """The dims of one TensorProto (field 1: repeated int64, packed or not)."""
+    dims: list[int] = []
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 0:
+            dims.append(value)
+        elif number == 1 and wire == 2:
+            pos = 0
+            while pos < len(value):
+                d, pos = _varint(value, pos)
+                dims.append(d)
+    return dims
+
+
+def widest_filter_bank(path: str | os.PathLike) -> int:
+    """The most output channels of any convolution-like weight (an initializer of rank 3 or more) in the main
+    graph: a cheap bound on the channels of the widest activation, for sizing tiles to memory. 1 if none."""
+    widest = 1
+    try:
+        data = memoryview(Path(path).read_bytes())
+        for number, wire, value in _fields(data):
+            if number == 7 and wire == 2:  # ModelProto.graph
+                for g_number, g_wire, g_value in _fields(value):
+                    if g_number == 5 and g_wire == 2:  # GraphProto.initializer
+                        dims = _dims(g_value)
+                        if len(dims) >= 3:
+                            widest = max(widest, dims[0], dims[1])
+    except (OSError, _Damaged):
+        return widest
+    return widest
+
+
 def external_data(path: str | os.PathLike) -> list[ExternalData]:
     """Every tensor of the ONNX file ``path`` that keeps its data in another file (none for most models)."""
     path = Path(path)

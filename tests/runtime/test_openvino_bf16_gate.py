@@ -67,7 +67,7 @@ def test_recorded_gate_is_reused_and_thresholded(model2d):
 def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
     img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
     model = load(model2d, backend="openvino")
-    tiles = sample_tiles(model, img, n=3)
+    tiles = sample_tiles(model, img, n=3, tile=(256, 256))  # the default tile holds this image whole
     assert len(tiles) == 3 and tiles[0].shape[:2] == (1, 1)
     gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16)
     from scopert.runtime.bf16_gate import _engine_version

@@ -176,11 +176,17 @@ def probe_tile(tile: dict[str, int], floor: dict[str, int], divisor: dict[str, i
 
 
 def _planned_batch(model: Any) -> np.ndarray:
-    """One tile of the size a run would plan (the card's default tile, shrunk to ``PROBE_VOXELS``), in the
-    model's layout."""
+    """One nominal tile (the card's tile, or 32 along z and 256 along y/x, at least 4x the halo; shrunk to
+    ``PROBE_VOXELS``), in the model's layout: the engines are compared on a tile of a typical run's size, the
+    same for every input, so the measurement is cached once per model."""
     card = model.card
     tiled = model.in_layout.tiled
-    tile = model.default_tile({ax: 1 << 20 for ax in tiled})
+    tile = {}
+    for ax in tiled:
+        d, h = card.input.divisor.get(ax, 1), card.halo.get(ax, 0)
+        base = card.input.fixed.get(ax) or card.default_tile.get(ax) or (
+            card.input.time_window if ax == "t" else (32 if ax == "z" else 256))
+        tile[ax] = round_up(int(base) if ax in card.input.fixed else max(int(base), 4 * h + d), d)
     fixed = {"t"} if model.in_layout.channel == "t" or "t" in tiled and card.input.time_window else set()
     floor = {ax: (tile[ax] if ax in fixed else 4 * card.halo.get(ax, 0) + card.input.divisor.get(ax, 1)) for ax in tile}
     tile = probe_tile(tile, floor, card.input.divisor)
