@@ -286,17 +286,21 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
 @click.option("--opset", type=int, default=17)
 @click.option("--fp16", is_flag=True, help="Also write <out>.fp16.onnx: strongly typed FP16 planned on real tiles.")
 @click.option("--calib", multiple=True, type=click.Path(exists=True),
-              help="Calibration images for --fp16 (TIFF/NPY/NPZ/HDF5); default: the run's training data.")
+              help="Calibration images (TIFF/NPY/NPZ/HDF5) for the CPU gates and --fp16; default: the run's training "
+                   "data. Given alone, the CPU gates are measured on them.")
 @click.option("--safety-factor", type=float, default=4.0, show_default=True,
               help="--fp16: keep nodes whose |x| exceeds 65504/F in FP32.")
-@click.option("--cpu-gates", "cpu_gates", is_flag=True, help="Measure OpenVINO bf16 vs f32 on real tiles (--calib, "
-              "else the training data) and record the gate in the card: precision auto then runs bf16 where it passed.")
+@click.option("--cpu-gates/--no-cpu-gates", "cpu_gates", default=None,
+              help="Measure OpenVINO bf16 vs f32 on real tiles (--calib, else the training data) and record the gate "
+                   "in the card: precision auto then runs bf16 where it passed. Default: on when --calib is given.")
 @click.option("--int8", is_flag=True, help="--cpu-gates: also quantize to INT8 with NNCF (scopert[int8]) on those "
               "tiles and record its gate (>= 40 dB, or Dice change <= 0.01 for segmentation).")
 def export(run_folder, out_path, opset, fp16, calib, safety_factor, cpu_gates, int8) -> None:
     """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
     from scopert.commands.preflight import check_export_args
 
+    if cpu_gates is None:  # real tiles were given: measure the gates (issue 24); --no-cpu-gates skips them
+        cpu_gates = bool(calib)
     if int8 and not cpu_gates:
         raise ConfigError("--int8 is recorded with the CPU gates; add --cpu-gates.")
     check_export_args(run_folder, out_path, opset, fp16 or cpu_gates, calib, safety_factor)  # before torch loads

@@ -343,7 +343,8 @@ def check_export_args(run_folder: str | os.PathLike, out_path: str | os.PathLike
     _check_opset(opset)
     calib = list(calib)
     if calib and not fp16:
-        raise ConfigError("--calib feeds the FP16 plan; add --fp16, or drop --calib.")
+        raise ConfigError("--calib feeds the CPU gates and the FP16 plan, and --no-cpu-gates without --fp16 uses "
+                          "neither; drop --calib or --no-cpu-gates.")
     for path in calib:
         check_input_file(path, "--calib", CALIB_SUFFIXES)
     if not math.isfinite(safety_factor) or safety_factor < 1:

@@ -93,3 +93,28 @@ def test_cli_info_says_auto_precision_and_export_int8_needs_gates(tmp_path):
     assert "records no bf16 gate" in res.output or "has no bf16" in res.output
     res = CliRunner().invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx"), "--int8"])
     assert res.exit_code != 0 and "add --cpu-gates" in str(res.exception)
+
+
+def test_export_with_calib_alone_records_the_bf16_gate(tmp_path, data_dir):
+    """Issue 24: `scopert export RUN -o m.onnx --calib tile.tif` was refused (--calib needed --fp16); now real tiles
+    given alone measure the CPU gates, and --no-cpu-gates skips them."""
+    pytest.importorskip("openvino")
+    import tifffile
+    from click.testing import CliRunner
+
+    from scopert.cli import cli
+    from scopert.export.onnx_export import read_card
+    from tests.families import IMPORTED
+
+    info = IMPORTED["rcan2d"](tmp_path)
+    tile = tmp_path / "tile.tif"
+    tifffile.imwrite(tile, tifffile.imread(data_dir / "w2s_8bit_pairs" / "w2s_avg1_noisy.tif")[0, :128, :128])
+    res = CliRunner().invoke(cli, ["export", str(info.folder), "-o", str(tmp_path / "g.onnx"), "--calib", str(tile)])
+    assert res.exit_code == 0, res.output
+    gate = read_card(tmp_path / "g.onnx").precision["bf16_gate"]
+    assert gate["psnr_db"] is None or gate["psnr_db"] > 0  # measured (None: this CPU has no bf16, and it says so)
+    res = CliRunner().invoke(cli, ["export", str(info.folder), "-o", str(tmp_path / "n.onnx"), "--no-cpu-gates"])
+    assert res.exit_code == 0 and "bf16_gate" not in read_card(tmp_path / "n.onnx").precision
+    res = CliRunner().invoke(cli, ["export", str(info.folder), "-o", str(tmp_path / "x.onnx"), "--calib", str(tile),
+                                   "--no-cpu-gates"])
+    assert res.exit_code != 0 and "drop --calib or --no-cpu-gates" in str(res.exception)
