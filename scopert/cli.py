@@ -126,14 +126,19 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
 @cli.command()
 @click.argument("model_path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole card as JSON (for scripts).")
-def info(model_path, as_json) -> None:
+@click.option("--shape", help="An input's sizes in the model's tiled axes (e.g. 64,118,209): say the default tile "
+                              "a run over it gets, its overhead and why.")
+def info(model_path, as_json, shape) -> None:
     """Say what a model is and how it will run here; --json prints its whole card."""
     from scopert.commands.info import summary_lines
     from scopert.runtime import load
     from scopert.runtime.bf16_gate import cpu_caps
     from scopert.runtime.precision_choice import decide
 
+    from scopert.commands import preflight as pf
+
     model = load(model_path, backend="ort", device="cpu")
+    sizes = pf.parse_sizes(shape, "--shape", model.in_layout.tiled) if shape else None
     if as_json:
         click.echo(model.card.to_json())
     else:
@@ -142,6 +147,9 @@ def info(model_path, as_json) -> None:
     caps = cpu_caps()
     auto = decide("auto", model.card, caps.bf16, caps.bf16_evidence, model.path)
     click.echo(f"precision auto on this CPU ({caps.model}): {auto.precision} ({auto.reason})", err=True)
+    if sizes:
+        _, why = model.tile_choice(dict(zip(model.in_layout.tiled, sizes)))
+        click.echo(f"default tile for {'x'.join(map(str, sizes))}: {why}", err=True)
 
 
 @cli.command()

@@ -31,8 +31,8 @@ def summary_lines(card: ModelCard, model_name: str) -> list[str]:
         f"output       {out.axes}, {out.channels} channel(s), scale {_axes_sizes(out.scale)}",
         f"halo         {_axes_sizes(card.halo)}; tile-invariant: "
         + ("yes (crop stitching)" if card.tile_invariant else "no (blend stitching by default)"),
-        "default tile " + (_axes_sizes(card.default_tile) if card.default_tile
-                           else "none in the card (planned per input)"),
+        "default tile planned per input: the fewest voxels computed per voxel written within memory (see "
+        "--shape)" + (f"; training tile {_axes_sizes(card.default_tile)}" if card.default_tile else ""),
         f"normalize    {norm_text}{' per frame' if norm.per_frame else ''}",
     ]
     if card.postprocess:
