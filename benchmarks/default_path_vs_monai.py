@@ -42,15 +42,10 @@ CASES = [("rcan", "ovule"), ("unet", "ovule"), ("rcan2d", "w2s"), ("tagan", "w2s
 
 
 def old_tile(model) -> dict[str, int]:
-    """The default before issue 24: the card's tile (or 32/256), at least 4x the halo + the divisor."""
-    from scopert.runtime.tiling import round_up
+    """The default before issue 24: the card's training tile (or 32/256), at least 4x the halo + the divisor."""
+    from scopert.runtime.tile_cost import nominal_tile
 
-    card, tile = model.card, {}
-    for ax in model.in_layout.tiled:
-        d, h = card.input.divisor.get(ax, 1), card.halo.get(ax, 0)
-        base = card.default_tile.get(ax) or (32 if ax == "z" else 256)
-        tile[ax] = round_up(max(int(base), 4 * h + d), d)
-    return tile
+    return {ax: nominal_tile(model.card, ax) for ax in model.in_layout.tiled}
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ class Model:
         axis) gets the tile it was built for, a graph built for one shape that shape, a 2D+t model's time axis its
         window; every other axis the size that computes the fewest voxels per voxel written within a memory
         budget (``tile_cost``), not the training patch."""
-        from scopert.runtime.tile_cost import choose_tile
+        from scopert.runtime.tile_cost import choose_tile, nominal_tile
 
         fixed = getattr(self.backend, "tile_range", None)
         ranges = fixed() if callable(fixed) else {}
@@ -156,9 +156,7 @@ class Model:
         pinned = {ax: int(ranges[ax][1]) for ax in shape if ax in ranges}
         pinned.update({ax: int(self.card.input.fixed[ax]) for ax in shape if ax in self.card.input.fixed})
         if "t" in shape and "t" not in pinned and self.card.input.time_window:
-            base = int(self.card.default_tile.get("t") or self.card.input.time_window)
-            h, d = self.card.halo.get("t", 0), self.card.input.divisor.get("t", 1)
-            pinned["t"] = round_up(max(base, 4 * h + d), d)
+            pinned["t"] = nominal_tile(self.card, "t")
         if len(pinned) == len(shape):
             return pinned, "fixed by the model"
         mode = mode or ("crop" if self.card.tile_invariant else "blend")

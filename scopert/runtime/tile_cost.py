@@ -16,8 +16,9 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from scopert.runtime.tiling import round_up
+from scopert.runtime.tiling import default_overlap, round_up
 
 LIVE_BUFFERS = 4  # activations alive at once per voxel (input, output, a skip or residual, workspace)
 TILE_COST_VOXELS = 32_768  # per-tile fixed cost, in voxels of compute (a backend call, reflection, stitching)
@@ -39,6 +40,15 @@ class TileChoice:
         return (f"{'x'.join(map(str, self.tile.values()))}: {self.n_tiles} tile(s), {self.overhead:.2f} voxels "
                 f"computed per voxel written, the fewest within {self.budget_bytes / 2**30:.1f} GiB of activations "
                 f"({self.bytes_per_voxel} B per voxel)")
+
+
+def nominal_tile(card: Any, axis: str) -> int:
+    """The card's training tile on ``axis`` (else the window along t, 32 along z, 256 along y/x), at least 4x the
+    halo + the divisor: a tile of a typical run's size for choices that must not depend on the input (the
+    measured engine choice, an engine profile), and what the runtime used by default before ``choose_tile``."""
+    d, h = int(card.input.divisor.get(axis, 1)), int(card.halo.get(axis, 0))
+    base = card.default_tile.get(axis) or (card.input.time_window if axis == "t" else (32 if axis == "z" else 256))
+    return round_up(max(int(base), 4 * h + d), d)
 
 
 def available_memory() -> int:
@@ -66,7 +76,7 @@ def axis_cost(size: int, tile: int, halo: int, divisor: int, mode: str) -> tuple
         step = core - core % align
         n = math.ceil(size / step)
     else:
-        overlap = min(2 * halo + core // 4, tile - align)
+        overlap = default_overlap(tile, halo, align)
         last = -(-(size + 2 * halo - tile) // align)
         n = max(1, math.ceil(last / max(1, (tile - overlap) // align)) + 1)
     return n, n * tile

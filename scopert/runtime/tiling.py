@@ -154,7 +154,7 @@ def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: f
     if mode == "blend":
         # Neighbours share their halos plus a quarter of the valid part, where the blend happens.
         if overlap is None:  # at most tile - align, so neighbours can stay on the divisor grid
-            overlap = min(2 * halo + (tile - 2 * halo) // 4, tile - align)
+            overlap = default_overlap(tile, halo, align)
         elif overlap < 2 * halo:
             log.warning("overlap %d on axis %r is below 2x the halo (%d); using %d so every voxel gets full context",
                         overlap, axis, 2 * halo, 2 * halo)
@@ -177,6 +177,11 @@ def plan_axis(axis: str, size: int, tile: int, halo: int, divisor: int, scale: f
         return AxisPlan(axis, size, tile, halo, scale, tuple(tiles))
 
     raise ConfigError(f"unknown stitch mode {mode!r}; use 'crop' or 'blend'.")
+
+
+def default_overlap(tile: int, halo: int, align: int) -> int:
+    """Blend: neighbours share their halos plus a quarter of the valid part, and stay on the ``align`` grid."""
+    return min(2 * halo + (tile - 2 * halo) // 4, tile - align)
 
 
 def _grid(axis: str, core: int, divisor: int) -> int:

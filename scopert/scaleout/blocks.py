@@ -88,10 +88,9 @@ def _inner(ap: AxisPlan, t: AxisTile) -> Range:
     return max(0, t.start + ap.halo), min(ap.size, t.start + t.size - ap.halo)
 
 
-def _meets(ap: AxisPlan, t: AxisTile, lo: int, hi: int, mode: str) -> bool:
-    """Does tile ``t`` write into [lo, hi)? Crop: its written part; blend: its window inside the halo."""
-    a, b = (t.write_start, t.write_stop) if mode == "crop" else _inner(ap, t)
-    return a < hi and lo < b
+def _writes_into(t: AxisTile, lo: int, hi: int) -> bool:
+    """Crop: does tile ``t`` write into [lo, hi)?"""
+    return t.write_start < hi and lo < t.write_stop
 
 
 def _integral_start(lo: int, scale: float) -> int:
@@ -175,7 +174,7 @@ class BlockGrid:
             owner = [min(g - 1, ((lo + hi) // 2) // b) for lo, hi in inner]
             tiles = [[t for t, o in zip(ap.tiles, owner) if o == i] for i in range(g)]
         else:
-            tiles = [[t for t in ap.tiles if _meets(ap, t, *self._core(k, i), "crop")] for i in range(g)]
+            tiles = [[t for t in ap.tiles if _writes_into(t, *self._core(k, i))] for i in range(g)]
         rows = []
         for i in range(g):
             local, read = _local_axis(ap, tiles[i])

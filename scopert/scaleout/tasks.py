@@ -33,7 +33,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from scopert.scaleout.blocks import Block, Box, box_minus, intersect
 from scopert.scaleout.ledger import Ledger
-from scopert.runtime.io.atomic import fsync_path
+from scopert.runtime.io.atomic import atomic_path, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -268,12 +268,8 @@ def compute_block(block: Block, job: VolumeJob, cache: WorkerCache) -> None:
     folder = sums_folder(job, block.name)
     folder.mkdir(parents=True, exist_ok=True)
     for k, piece in enumerate(box_minus(block.sums.extent, block.sums.interior)):
-        tmp = folder / f".{k}.npy.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(folder / f"{k}.npy") as tmp, open(tmp, "wb") as fh:  # fsynced, renamed, or nothing
             np.save(fh, np.ascontiguousarray(sums[_local(piece, origin)]))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / f"{k}.npy")
     fsync_path(folder)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scopert.runtime.tile_cost import nominal_tile
 from scopert.runtime.tiling import round_up
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,8 @@ def _planned_batch(model: Any) -> np.ndarray:
     same for every input, so the measurement is cached once per model."""
     card = model.card
     tiled = model.in_layout.tiled
-    tile = {}
-    for ax in tiled:
-        d, h = card.input.divisor.get(ax, 1), card.halo.get(ax, 0)
-        base = card.input.fixed.get(ax) or card.default_tile.get(ax) or (
-            card.input.time_window if ax == "t" else (32 if ax == "z" else 256))
-        tile[ax] = round_up(int(base) if ax in card.input.fixed else max(int(base), 4 * h + d), d)
+    tile = {ax: round_up(int(card.input.fixed[ax]), card.input.divisor.get(ax, 1)) if ax in card.input.fixed
+            else nominal_tile(card, ax) for ax in tiled}
     fixed = {"t"} if model.in_layout.channel == "t" or "t" in tiled and card.input.time_window else set()
     floor = {ax: (tile[ax] if ax in fixed else 4 * card.halo.get(ax, 0) + card.input.divisor.get(ax, 1)) for ax in tile}
     tile = probe_tile(tile, floor, card.input.divisor)

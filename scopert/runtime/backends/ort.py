@@ -28,7 +28,6 @@ from scopert.checksum import sha256_file
 from scopert.errors import BackendError, InputError, ScopertError
 from scopert.runtime.backends.base import Backend, BackendInfo
 from scopert.runtime.backends.engine_key import ProfileShapes, tile_profile
-from scopert.runtime.tiling import round_up
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,8 @@ def ort_trt_cache_dir(model_path: Path, engines_dir: Path, ort_version: str) -> 
 
 def card_trt_profile(model_path: Path, batch: int = DEFAULT_TRT_EP_BATCH) -> ProfileShapes | None:
     """The profile of the card's default tile plan (None without a card): min = batch 1 and the smallest window
-    the tiler sends, opt = max = (batch, default tile). The default tile follows ``Model.default_tile``'s rule
-    for a backend without fixed shapes: the card's, else 32 along z and 256 along y/x, at least 4*halo+divisor."""
+    the tiler sends, opt = max = (batch, nominal tile). The nominal tile (``tile_cost.nominal_tile``): the card's,
+    else 32 along z and 256 along y/x, at least 4*halo+divisor; ``Model.default_tile`` uses this engine's profile."""
     from scopert.card import card_from_metadata
     from scopert.runtime.backends.openvino import onnx_metadata
 
@@ -65,12 +64,9 @@ def card_trt_profile(model_path: Path, batch: int = DEFAULT_TRT_EP_BATCH) -> Pro
         return None
     if card is None:
         return None
-    tile = []
-    for ax in card.input.spatial_axes:
-        d, h = int(card.input.divisor.get(ax, 1)), int(card.halo.get(ax, 0))
-        base = int(card.default_tile.get(ax) or (32 if ax == "z" else 256))
-        tile.append(round_up(max(base, 4 * h + d), d))
-    return tile_profile(card, tuple(tile), batch)
+    from scopert.runtime.tile_cost import nominal_tile
+
+    return tile_profile(card, tuple(nominal_tile(card, ax) for ax in card.input.spatial_axes), batch)
 
 
 def trt_provider_options(model_path: Path, engines_dir: Path, ort_version: str,
