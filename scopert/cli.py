@@ -300,18 +300,17 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
               help="--fp16: keep nodes whose |x| exceeds 65504/F in FP32.")
 @click.option("--cpu-gates/--no-cpu-gates", "cpu_gates", default=None,
               help="Measure OpenVINO bf16 vs f32 on real tiles (--calib, else the training data) and record the gate "
-                   "in the card: precision auto then runs bf16 where it passed. Default: on when --calib is given.")
-@click.option("--int8", is_flag=True, help="--cpu-gates: also quantize to INT8 with NNCF (scopert[int8]) on those "
-              "tiles and record its gate (>= 40 dB, or Dice change <= 0.01 for segmentation).")
+                   "in the card: precision auto then runs bf16 where it passed. Default: on whenever real tiles exist.")
+@click.option("--int8/--no-int8", "int8", default=None, help="With the CPU gates: also quantize to INT8 with NNCF "
+              "(scopert[int8]) on those tiles and record its gate (>= 40 dB, or Dice change <= 0.01 for segmentation). "
+              "Default: on where nncf is installed.")
 def export(run_folder, out_path, opset, fp16, calib, safety_factor, cpu_gates, int8) -> None:
     """Export a run folder to ONNX, verified against PyTorch, with its card inside."""
     from scopert.commands.preflight import check_export_args
 
-    if cpu_gates is None:  # real tiles were given: measure the gates (issue 24); --no-cpu-gates skips them
-        cpu_gates = bool(calib)
-    if int8 and not cpu_gates:
-        raise ConfigError("--int8 is recorded with the CPU gates; add --cpu-gates.")
-    check_export_args(run_folder, out_path, opset, fp16 or cpu_gates, calib, safety_factor)  # before torch loads
+    if int8 and cpu_gates is False:
+        raise ConfigError("--int8 is recorded with the CPU gates; drop --no-cpu-gates.")
+    check_export_args(run_folder, out_path, opset, fp16 or cpu_gates is not False, calib, safety_factor)  # before torch
     from scopert.export.onnx_export import export_run
 
     card = export_run(run_folder, out_path, opset=opset)
@@ -326,6 +325,17 @@ def export(run_folder, out_path, opset, fp16, calib, safety_factor, cpu_gates, i
         click.echo(f"{res.path}: {len(res.plan.islands)} FP32 islands, predicted PSNR vs FP32 "
                    f"{res.report.psnr_db:.1f} dB, {res.report.nonfinite_fp16} NaN/Inf (ORT CPU); "
                    f"{describe_half(res.report.torch_half)}", err=True)
+    if cpu_gates is None:  # issue 24: gated by default whenever real tiles exist (--calib or the training data)
+        from scopert.export.precision import has_real_tiles
+
+        cpu_gates = has_real_tiles(card, calib)
+        if not cpu_gates:
+            click.echo(f"{out_path}: no CPU gates measured (no --calib and the run names no training data); "
+                       "precision auto measures bf16 on the first real input instead", err=True)
+    if int8 is None:
+        import importlib.util
+
+        int8 = cpu_gates and importlib.util.find_spec("nncf") is not None
     if cpu_gates:  # issue 16: bf16 (and INT8) gates on real tiles, recorded in the card
         from scopert.export.int8 import record_cpu_gates
 

@@ -3,6 +3,7 @@ training bad inputs that surface at the command line (exit 2, clear message, no 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def test_train_export_apply(tmp_path, data_dir):
     card = json.loads(run_cli("info", tmp_path / "tiny.onnx", "--json").stdout)
     assert card["family"] == "rcan" and card["verification"]["onnx_vs_torch"]["max_abs_error"] <= 1e-4
     assert card["normalization"]["pmin"] == 2.0 and card["normalization"]["pmax"] == 99.9
+    # issue 24: a plain export of a run with training data measures the CPU gates on it (INT8 where nncf is installed)
+    gates = card["precision"]
+    assert gates["bf16_gate"]["tiles"] >= 1 and "bf16_gate" in res.stderr
+    if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino"):
+        assert gates["int8_gate"]["metric"] == "psnr_db" and np.isfinite(gates["int8_gate"]["value"])
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, noisy[5, :100, :90])
     res = run_cli("apply", "-m", tmp_path / "tiny.onnx", "-i", src, "-o", tmp_path / "out.tif", "-B", "64,64")

@@ -177,6 +177,11 @@ def load_calibration(card: ModelCard, paths: Sequence[str | os.PathLike] | None 
     return batch
 
 
+def has_real_tiles(card: ModelCard, paths: Sequence[str | os.PathLike] | None = None) -> bool:
+    """Whether :func:`load_calibration` has real data to cut tiles from (given files or the training data)."""
+    return bool(paths) or bool(_training_sources(card))
+
+
 def _training_sources(card: ModelCard) -> list[Path]:
     """Raw training images named in the card's training config (keys containing 'raw'/'input'/'noisy')."""
     found: list[Path] = []

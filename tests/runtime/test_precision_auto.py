@@ -91,8 +91,8 @@ def test_cli_info_says_auto_precision_and_export_int8_needs_gates(tmp_path):
     res = CliRunner().invoke(cli, ["info", str(path)])
     assert res.exit_code == 0 and "precision auto on this CPU" in res.output
     assert "records no bf16 gate" in res.output or "has no bf16" in res.output
-    res = CliRunner().invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx"), "--int8"])
-    assert res.exit_code != 0 and "add --cpu-gates" in str(res.exception)
+    res = CliRunner().invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx"), "--int8", "--no-cpu-gates"])
+    assert res.exit_code != 0 and "drop --no-cpu-gates" in str(res.exception)
 
 
 def test_export_with_calib_alone_records_the_bf16_gate(tmp_path, data_dir):
