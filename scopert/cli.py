@@ -91,8 +91,8 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
     out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
     calibration = None
-    if precision == "bf16" and not cluster:  # without a gate in the card (or one recorded beside the model), the
-        # bf16 gate measures on real tiles of the (first) input; auto uses a gate recorded beside the model
+    if precision in ("bf16", "auto") and not cluster:  # without a gate in the card (or one recorded beside the
+        # model), the bf16 gate measures on real tiles of the (first) input, and auto uses bf16 where it passed
         from scopert.runtime.apply import calibration_sample, open_input
         from scopert.runtime.io import list_images
 

@@ -114,7 +114,7 @@ def stream(replay_path, fps, model_path, output_path, no_output, on_full, max_qu
     if plan.total < len(frames):
         frames = frames[:plan.total]
     model = load(model_path, backend=backend, precision=precision,
-                 calibration=frames[:16] if precision == "bf16" else None)  # gate tiles: real frames
+                 calibration=frames[:16] if precision in ("bf16", "auto") else None)  # gate tiles: real frames
     click.echo(f"model {Path(model_path).name}: {model.card.family}, {model.backend.info.name} "
                f"({model.backend.info.precision})", err=True)
     # The pipeline logs one INFO line per predict call: one per frame here, 36000 lines an hour. Keep them for -v.

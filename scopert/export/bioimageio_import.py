@@ -294,9 +294,11 @@ def _letters(tensor: Any, what: str) -> str:
             letters.append("c")
         elif a.type == "space" and str(a.id) in "zyx" and len(str(a.id)) == 1:
             letters.append(str(a.id))
+        elif a.type == "time" and "t" not in letters:  # a window of frames (2D+t: CNNT, a blind-spot window)
+            letters.append("t")
         else:
             raise InputError(f"{what} axis {str(a.id)!r} of type {a.type!r} is not supported by ScopeRT (it tiles "
-                             "batch, channel and space axes z/y/x); this package cannot be imported.")
+                             "batch, channel, one time and space axes z/y/x); this package cannot be imported.")
     axes = "".join(letters)
     if not axes.startswith("b"):
         raise InputError(f"{what} axes {axes!r} have no leading batch axis; ScopeRT needs one (b first).")
@@ -310,6 +312,7 @@ def card_from_description(descr: Any, inp: Any, out: Any) -> ModelCard:
     in_axes, out_axes = _letters(inp, "input"), _letters(out, "output")
     in_by_id = {str(a.id): a for a in inp.axes}
     divisor, tile, halo, scale, fixed = {}, {}, {}, {}, {}
+    time_window = _time_window(inp)
     for a in inp.axes:
         letter = LETTERS.get(str(a.id))
         if a.type != "space":
@@ -353,8 +356,10 @@ def card_from_description(descr: Any, inp: Any, out: Any) -> ModelCard:
     channels_in = _channels(inp)
     card = ModelCard(
         family="bioimageio", name=str(descr.name),
-        input=TensorSpec("input", in_axes, channels=channels_in, divisor=divisor, fixed=fixed),
-        output=TensorSpec("output", out_axes, channels=_channels(out), scale=scale),
+        input=TensorSpec("input", in_axes, channels=channels_in, divisor=divisor, fixed=fixed,
+                         time_window=time_window),
+        output=TensorSpec("output", out_axes, channels=_channels(out), scale=scale,
+                          time_window=time_window if "t" in out_axes else None),
         halo=halo,
         tile_invariant=any(halo.values()),  # a declared halo: crop stitching is what bioimage.io tools do
         normalization=normalization_from(inp, in_axes),
@@ -363,6 +368,21 @@ def card_from_description(descr: Any, inp: Any, out: Any) -> ModelCard:
     )
     card.validate(where="bioimage.io description")
     return card
+
+
+def _time_window(inp: Any) -> int | None:
+    """Frames per window of a time input axis: its fixed size, or the smallest size it takes (2D+t)."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    for a in inp.axes:
+        if a.type == "time":
+            if isinstance(a.size, int):
+                return a.size
+            if isinstance(a.size, bio.ParameterizedSize):
+                return int(a.size.min)
+            raise InputError(f"input time axis has a {type(a.size).__name__} size; ScopeRT needs a fixed or "
+                             "parameterized (min + n*step) number of frames.")
+    return None
 
 
 def _channels(tensor: Any) -> int:

@@ -25,7 +25,9 @@ import numpy as np
 
 from scopert.errors import ScopertError
 from scopert.checksum import sha256_file
+from scopert.runtime.layout import centre_frame_model, resolve_data_axes
 from scopert.runtime.model import tile_input
+from scopert.runtime.normalize import AppliedNormalization
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +203,28 @@ def _engine_version() -> str:
 
 
 def sample_tiles(model: Any, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
-    """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it."""
+    """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it (for a model
+    that restores the centre frame of a window: tiles of windows spread over the movie)."""
+    if centre_frame_model(model.card):
+        return _window_tiles(model, array, n, tile, axes)
     internal, data_axes, norm = model.prepare(array, axes)
     rp = model.plan_for(internal, data_axes, tile, None, "auto", 1)  # a stack under a 2D model: planes are tiles
     tiles = list(rp.plan)
     pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
     return [rp.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
+
+
+def _window_tiles(model: Any, array: np.ndarray, n: int, tile, axes: str | None) -> list[np.ndarray]:
+    data_axes = resolve_data_axes(array, model.card, axes)
+    movie = np.transpose(array, [data_axes.index(a) for a in "t" + model.in_layout.tiled])
+    out = []
+    for i in np.linspace(0, movie.shape[0] - 1, min(n, movie.shape[0])).astype(int):
+        window = model._normalize_frames(movie[model.frame_window(movie.shape[0], int(i))])
+        rp = model.make_plan(dict(zip(model.in_layout.tiled, window.shape[1:])), tile, None, "auto", 1)
+        first = next(iter(rp.plan))
+        out.append(rp.in_layout.to_model(tile_input(window, AppliedNormalization(0.0, 1.0), rp.plan, first)[None])
+                   .astype(np.float32))
+    return out
 
 
 def _explicit_engine(model: Any) -> str | None:

@@ -52,7 +52,7 @@ def test_small_3d_tiff_is_restored(models, tmp_path, data_dir):
     """1. A 3D TIFF under 4 M voxels (a cryo-ET sub-tomogram, ImageJ, uncompressed) crashed with a ValueError."""
     src = data_dir / "em_misc" / "cylindra_13pf_MT.tif"
     out = tmp_path / "out.tif"
-    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", src, "-o", out, "-B", "16,64,64")
+    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", src, "-o", out, "-B", "16,64,64", "--precision", "f32")
     assert res.returncode == 0, res.stderr
     with read_image(out) as image:
         data, axes = np.asarray(image.array), image.axes
@@ -65,7 +65,7 @@ def test_hdf5_to_zarr(models, tmp_path, data_dir):
     """2. HDF5 in, Zarr out: the default `-f imagej` was passed to the Zarr writer after the whole run."""
     src = data_dir / "ovule_3d_seg" / "pytorch3dunet_sample_patch.h5"
     out = tmp_path / "out.zarr"
-    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", src, "-o", out, "-B", "16,64,64")
+    res = run_cli("apply", "-m", models / "m3d.onnx", "-i", src, "-o", out, "-B", "16,64,64", "--precision", "f32")
     assert res.returncode == 0, res.stderr
     import zarr
 
@@ -94,7 +94,7 @@ def test_2d_model_on_a_time_lapse(models, tmp_path, data_dir):
     src = tmp_path / "movie.tif"
     tifffile.imwrite(src, movie, imagej=True, metadata={"axes": "TYX"})
     out = tmp_path / "restored.tif"
-    res = run_cli("apply", "-m", models / "m2d.onnx", "-i", src, "-o", out, "-B", "64,64")
+    res = run_cli("apply", "-m", models / "m2d.onnx", "-i", src, "-o", out, "-B", "64,64", "--precision", "f32")
     assert res.returncode == 0, res.stderr
     with read_image(out) as image:
         data, axes = np.asarray(image.array), image.axes

@@ -52,7 +52,8 @@ def test_apply_real_image_with_ground_truth(models, w2s_slice, tmp_path, data_di
     gt = tmp_path / "gt.tif"
     tifffile.imwrite(gt, tifffile.imread(data_dir / "w2s_8bit_pairs" / "w2s_avg400_clean.tif")[0, :200, :180])
     out = tmp_path / "out.tif"
-    res = run_cli("apply", "-m", models / "m2d.onnx", "-i", w2s_slice, "-o", out, "-g", gt, "-b", "16", "-B", "64,64")
+    res = run_cli("apply", "-m", models / "m2d.onnx", "-i", w2s_slice, "-o", out, "-g", gt, "-b", "16", "-B", "64,64",
+                  "--precision", "f32")
     assert res.returncode == 0, res.stderr
     with tifffile.TiffFile(out) as tif:
         assert tif.is_imagej

@@ -82,7 +82,7 @@ def test_apply_to_hdf5_writes_predictions_cdhw(unet3d, ovule, tmp_path):
         f["raw"] = ovule
     dst = tmp_path / "ovule_predictions.h5"
     res = subprocess.run([sys.executable, "-m", "scopert", "apply", "-m", str(root / "unet3d.onnx"), "-i", str(src),
-                          "-o", str(dst)], capture_output=True, text=True, timeout=300)
+                          "-o", str(dst), "--precision", "f32"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     with h5py.File(dst, "r") as f:
         assert list(f.keys()) == ["predictions"]
