@@ -1,12 +1,16 @@
 """Each seed family's default path against MONAI driving the same ONNX, side by side in one process (issue 24).
 
 For each family imported from its seed repository's checkpoint format (``tests/families.py``), on a real image:
-``load(m.onnx).predict(x)`` with every default (tile from ``tile_cost``, backend, precision ``auto``), the same
-with the tile the runtime used before (the card's training patch raised to 4x the halo + the divisor), and
-MONAI's ``sliding_window_inference`` (roi 32x128x128 in 3D, 256x256 in 2D, overlap 0.25, gaussian) driving an
-ONNX Runtime session of the same file on the same normalized input; best of ``REPEATS``, alternated. Reports
-the tile and engine the defaults chose, the seconds, the ratios, and the max difference to MONAI over the output
-range. Writes ``benchmarks/results/default_path_vs_monai.{json,md}``.
+``load(m.onnx, precision="auto", calibration=...)`` then ``predict(x)`` with every default, as ``scopert apply``
+runs it (tile from ``tile_cost``, measured backend, precision ``auto``: on a bf16 CPU the bf16 gate is measured on
+the input's own tiles and bf16 runs where it passed), the same defaults forced to f32, the same with the tile the
+runtime used before (the card's training patch raised to 4x the halo + the divisor), and MONAI's
+``sliding_window_inference`` (roi 32x128x128 in 3D, 256x256 in 2D, overlap 0.25, gaussian) driving an ONNX
+Runtime session of the same file on the same normalized input (CNNT: the time window as MONAI's first spatial
+axis, transposed into the graph's b,t,c,y,x; blind-spot: each output frame's window of frames as channels); best
+of ``REPEATS``, alternated. Reports the tile, engine and precision the defaults chose (with the gate's PSNR), the
+seconds, the ratios, and the max difference to MONAI over the output range. Writes
+``benchmarks/results/default_path_vs_monai.{json,md}``.
 
 Run: ``.venv/bin/python benchmarks/default_path_vs_monai.py``  (needs ``pip install monai``)
 """
@@ -35,10 +39,52 @@ def images() -> dict[str, np.ndarray]:
     with h5py.File(DATA / "ovule_3d_seg" / "pytorch3dunet_sample_patch.h5", "r") as f:
         ovule = f["raw"][:]  # 64 x 200 x 200
     w2s = tifffile.imread(DATA / "w2s_8bit_pairs" / "w2s_avg1_noisy.tif")[0]  # 512 x 512
-    return {"ovule": ovule, "w2s": w2s}
+    movie = tifffile.imread(DATA / "trackpy_bulk_water" / "bulk_water_first40.tif")[:16]  # 16 x 424 x 640
+    return {"ovule": ovule, "w2s": w2s, "movie": np.ascontiguousarray(movie)}
 
 
-CASES = [("rcan", "ovule"), ("unet", "ovule"), ("rcan2d", "w2s"), ("tagan", "w2s")]
+CASES = [("rcan", "ovule"), ("unet", "ovule"), ("rcan2d", "w2s"), ("tagan", "w2s"), ("cnnt", "movie"),
+         ("blindspot", "movie")]
+
+
+def monai_runner(model, session, x, norm):
+    """MONAI's sliding window over the normalized input, each window run by ONNX Runtime on the same file."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    name = session.get_inputs()[0].name
+    card = model.card
+    tiled = model.in_layout.tiled.replace("t", "")  # MONAI's roi over space; CNNT's time window is added below
+    roi = (32, 128, 128) if len(tiled) == 3 else (256, 256)
+    roi = tuple(max(r, 4 * card.halo.get(a, 0) + card.input.divisor.get(a, 1)) for r, a in zip(roi, tiled))
+    roi = tuple(-(-r // card.input.divisor.get(a, 1)) * card.input.divisor.get(a, 1) for r, a in zip(roi, tiled))
+
+    def ort(t):
+        return torch.from_numpy(session.run(None, {name: t.numpy()})[0])
+
+    if model.family_kind == "window":  # blind-spot: the window of frames is the graph's channel axis
+        size = card.input.time_window
+
+        def run():
+            outs = []
+            for i in range(len(x)):
+                window = torch.from_numpy(model._normalize_frames(x[model.frame_window(len(x), i)])[None])
+                outs.append(sliding_window_inference(window, roi, 1, ort, overlap=0.25, mode="gaussian")[0, 0])
+            return np.stack([o.numpy() for o in outs])
+        return run, roi + (size,)
+    if "t" in card.input.axes:  # CNNT: b,t,c,y,x; MONAI tiles (t, y, x) with t one window
+        roi3 = (card.input.time_window,) + roi
+
+        def run():
+            inp = torch.from_numpy(norm(x.astype(np.float32))[None, None])
+            return sliding_window_inference(inp, roi3, 1, lambda t: ort(t.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4),
+                                            overlap=0.25, mode="gaussian")[0, 0].numpy()
+        return run, roi3
+
+    def run():
+        inp = torch.from_numpy(norm(x.astype(np.float32))[None, None])
+        return sliding_window_inference(inp, roi, 1, ort, overlap=0.25, mode="gaussian")[0].numpy()
+    return run, roi
 
 
 def old_tile(model) -> dict[str, int]:
@@ -50,10 +96,10 @@ def old_tile(model) -> dict[str, int]:
 
 def main() -> None:
     import onnxruntime as ort
-    import torch
-    from monai.inferers import sliding_window_inference
 
     from scopert.runtime import load
+    from scopert.runtime.apply import calibration_sample
+    from scopert.runtime.layout import centre_frame_model
     from scopert.runtime.normalize import fit_normalization
     from tests.families import exported
 
@@ -64,52 +110,51 @@ def main() -> None:
     for family, image in CASES:
         path = exported(family, work)
         x = data[image]
-        model = load(path, precision="auto")
-        tile, why = model.tile_choice(dict(zip(model.in_layout.tiled, x.shape)))
+        model = load(path, precision="auto", calibration=calibration_sample(x))  # as `scopert apply` does
+        f32 = load(path, precision="f32")
+        model.family_kind = "window" if centre_frame_model(model.card) else "array"
+        shape = x.shape[1:] if model.family_kind == "window" else x.shape
+        tile, why = model.tile_choice(dict(zip(model.in_layout.tiled, shape)))
         before = old_tile(model)
         norm = fit_normalization(x, model.card.normalization)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        roi = (32, 128, 128) if x.ndim == 3 else (256, 256)
-        roi = tuple(max(r, 4 * model.card.halo.get(a, 0) + model.card.input.divisor.get(a, 1))
-                    for r, a in zip(roi, model.in_layout.tiled))
-        roi = tuple(-(-r // model.card.input.divisor.get(a, 1)) * model.card.input.divisor.get(a, 1)
-                    for r, a in zip(roi, model.in_layout.tiled))
-
-        def monai_run():
-            inp = torch.from_numpy(norm(x.astype(np.float32))[None, None])
-            return sliding_window_inference(inp, roi, 1, lambda t: torch.from_numpy(
-                session.run(None, {name: t.numpy()})[0]), overlap=0.25, mode="gaussian")[0].numpy()
-
-        times = {"default": float("inf"), "before": float("inf"), "monai": float("inf")}
+        monai_run, roi = monai_runner(model, session, x, norm)
+        axes = "tyx" if x is data["movie"] else None
+        times = {"default": float("inf"), "f32": float("inf"), "before": float("inf"), "monai": float("inf")}
         outs = {}
         for _ in range(REPEATS):
-            for key, run in (("default", lambda: model.predict(x)), ("before", lambda: model.predict(x, tile=before)),
-                             ("monai", monai_run)):
+            for key, run in (("default", lambda: model.predict(x, axes=axes)),
+                             ("f32", lambda: f32.predict(x, axes=axes)),
+                             ("before", lambda: model.predict(x, tile=before, axes=axes)), ("monai", monai_run)):
                 t0 = time.perf_counter()
                 outs[key] = run()
                 times[key] = min(times[key], time.perf_counter() - t0)
         ref = outs["monai"].reshape(outs["default"].shape)
         span = float(ref.max() - ref.min()) or 1.0
+        gate = model.precision_decision
         row = {"family": family, "image": image, "shape": list(x.shape), "default_tile": list(tile.values()),
                "tile_why": why, "tile_before": list(before.values()), "backend": model.backend.info.name,
-               "precision": model.backend.info.precision, "monai_roi": list(roi),
-               "default_s": round(times["default"], 3), "before_s": round(times["before"], 3),
-               "monai_ort_s": round(times["monai"], 3),
+               "precision": model.backend.info.precision, "precision_why": gate.reason, "monai_roi": list(roi),
+               "default_s": round(times["default"], 3), "f32_s": round(times["f32"], 3),
+               "before_s": round(times["before"], 3), "monai_ort_s": round(times["monai"], 3),
                "x_monai": round(times["monai"] / times["default"], 2),
+               "x_monai_f32": round(times["monai"] / times["f32"], 2),
                "x_before": round(times["before"] / times["default"], 2),
                "max_diff_vs_monai_over_range": round(float(np.abs(outs["default"] - ref).max()) / span, 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     OUT.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
-    lines = ["| family | image | default tile | engine, precision | default s | before (tile) s | MONAI+ORT (roi) s | "
-             "x MONAI | x before | max diff vs MONAI / range |", "|" + "---|" * 10]
+    lines = ["| family | image | default tile | engine, precision | default s | f32 default s | before (tile) s | "
+             "MONAI+ORT (roi) s | x MONAI | x MONAI (f32) | x before | max diff vs MONAI / range |",
+             "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['family']} | {r['image']} {'x'.join(map(str, r['shape']))} | "
                      f"{'x'.join(map(str, r['default_tile']))} | {r['backend']}, {r['precision']} | {r['default_s']} | "
-                     f"{r['before_s']} ({'x'.join(map(str, r['tile_before']))}) | {r['monai_ort_s']} "
-                     f"({'x'.join(map(str, r['monai_roi']))}) | {r['x_monai']} | {r['x_before']} | "
-                     f"{r['max_diff_vs_monai_over_range']} |")
+                     f"{r['f32_s']} | {r['before_s']} ({'x'.join(map(str, r['tile_before']))}) | {r['monai_ort_s']} "
+                     f"({'x'.join(map(str, r['monai_roi']))}) | {r['x_monai']} | {r['x_monai_f32']} | "
+                     f"{r['x_before']} | {r['max_diff_vs_monai_over_range']} |")
+    lines += ["", "Precision the defaults chose, and why:", ""]
+    lines += [f"- {r['family']}: {r['precision']}: {r['precision_why']}" for r in rows]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
