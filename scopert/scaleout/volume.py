@@ -21,6 +21,7 @@ Imports numpy, scopert and (inside functions) distributed; never torch or onnx.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -41,6 +42,7 @@ from scopert.runtime.normalize import fit_normalization
 log = logging.getLogger(__name__)
 
 INCOMPLETE = ".incomplete"
+EFFICIENT_BLOCK_VOXELS = 1 << 20  # per-block cost under ~5% of a light model's block compute (dask_block_curve.md)
 
 
 def incomplete_path(output: Path) -> Path:
@@ -119,7 +121,22 @@ def _grid(apply_job: Any, block: tuple[int, ...] | None) -> BlockGrid:
     log.info("%d blocks of %s over %d tiles of %s (%s stitching); %.1f%% of the tiles run in two blocks",
              grid.n_blocks, "x".join(map(str, grid.block)), rp.plan.n_tiles, "x".join(map(str, rp.plan.tile_shape)),
              rp.stitch, 100 * extra)
+    warn_small_blocks(grid, block)
     return grid
+
+
+def warn_small_blocks(grid: BlockGrid, given: tuple[int, ...] | None) -> None:
+    """Say once when a --block is so small that the per-block cost shows: each block costs about 25-35 ms on top
+    of its tiles (task dispatch, the worker cache lookup, reading its slab, the OME-Zarr region write and fsync, the
+    ledger mark; blend adds its partial sums and the rim pass), measured in benchmarks/results/dask_block_curve.md:
+    15-90% of a light model's compute in blocks under ~0.3 M voxels, under 5% from ~1 M."""
+    voxels = math.prod(grid.block)
+    if given and grid.n_blocks > 1 and voxels < EFFICIENT_BLOCK_VOXELS:
+        log.warning("--block %s holds %.2f M voxels: each of its %d blocks costs ~30 ms beyond its tiles (dispatch, "
+                    "region write and fsync, ledger), which a light model's compute in a block this small does not "
+                    "hide; blocks of at least %.0f M voxels (or no --block: whole tiles near 64x512x512) keep it "
+                    "under ~5%%", ",".join(map(str, given)), voxels / 1e6, grid.n_blocks,
+                    EFFICIENT_BLOCK_VOXELS / 1e6)
 
 
 def _frame_blocks(model: Any, shape: dict[str, int], block: tuple[int, ...] | None) -> BlockGrid:

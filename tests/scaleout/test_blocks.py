@@ -95,3 +95,19 @@ def test_time_window_tiles_are_read_whole_inside_the_movie():
         assert 0 <= lo and hi <= 17
         for t in b.tiles.plans[0].tiles:  # each 6-frame window, clipped to the movie, lies inside the read
             assert lo <= max(0, t.start + lo) and min(17, t.start + lo + 6) <= hi and t.size == 6
+
+
+def test_small_blocks_are_explained_once(caplog):
+    """Issue 24: blocks under ~1 M voxels pay a per-block cost their compute does not hide; the log says so (and
+    what to give instead), and says nothing for the default blocks or one block."""
+    from types import SimpleNamespace
+
+    from scopert.scaleout.volume import warn_small_blocks
+
+    with caplog.at_level("WARNING", logger="scopert.scaleout.volume"):
+        warn_small_blocks(SimpleNamespace(block=(18, 54, 54), n_blocks=64), (18, 54, 54))
+        warn_small_blocks(SimpleNamespace(block=(64, 512, 512), n_blocks=8), None)
+        warn_small_blocks(SimpleNamespace(block=(64, 512, 512), n_blocks=8), (64, 512, 512))
+        warn_small_blocks(SimpleNamespace(block=(18, 54, 54), n_blocks=1), (18, 54, 54))
+    (record,) = caplog.records
+    assert "--block 18,54,54 holds 0.05 M voxels" in record.message and "64 blocks" in record.message
