@@ -53,8 +53,8 @@ def int8_gate(card: Any) -> dict[str, Any] | None:
 
 def _bf16_passed(gate: dict[str, Any] | None, threshold_db: float) -> tuple[bool, str]:
     if gate is None:
-        return False, ("the card records no bf16 gate (measure one on real tiles: `scopert export RUN -o M.onnx "
-                       "--calib FILE`)")
+        return False, ("the card records no bf16 gate (`scopert apply`/`stream` measure it on the first tiles of "
+                       "their input and record it beside the model; or `scopert export RUN -o M.onnx --calib FILE`)")
     if not gate.get("bf16_ops"):
         return False, "the card's bf16 gate found no op running in bf16"
     psnr = gate.get("psnr_db")
