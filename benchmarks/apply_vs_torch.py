@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from scopert.runtime.apply import ApplyOptions, plan_apply, run_apply  # noqa: E402
 from scopert.runtime.backends.base import Backend, BackendInfo  # noqa: E402
-from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
+from scopert.runtime.cpu import cpu_caps  # noqa: E402
+from scopert.runtime.compare import psnr_db  # noqa: E402
 from scopert.runtime.model import Model  # noqa: E402
 
 DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"

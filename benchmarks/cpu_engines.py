@@ -37,9 +37,10 @@ from scopert.card import ModelCard, Normalization, TensorSpec  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.backends.ort import OrtBackend  # noqa: E402
-from scopert.runtime.bench import bench_pipeline, tune_tile  # noqa: E402
-from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
-from scopert.runtime.roofline import achieved, best_peak, count_flops, formula_peak, measure_peak  # noqa: E402
+from scopert.runtime.tools.bench import bench_pipeline, tune_tile  # noqa: E402
+from scopert.runtime.cpu import cpu_caps  # noqa: E402
+from scopert.runtime.compare import psnr_db  # noqa: E402
+from scopert.runtime.tools.roofline import achieved, best_peak, count_flops, formula_peak, measure_peak  # noqa: E402
 
 THREADS = os.cpu_count() or 1
 

@@ -30,9 +30,10 @@ import torch  # noqa: E402
 
 import cpu_engines as ce  # noqa: E402
 from scopert.export.int8 import quantize_int8  # noqa: E402
-from scopert.runtime.backends.measured import time_engines  # noqa: E402
+from scopert.runtime.timing import time_engines  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
-from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
+from scopert.runtime.cpu import cpu_caps  # noqa: E402
+from scopert.runtime.compare import psnr_db  # noqa: E402
 
 DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"
 

@@ -31,9 +31,10 @@ import torch  # noqa: E402
 from scopert.export.int8 import record_cpu_gates  # noqa: E402
 from scopert.export.onnx_export import export_run, read_card  # noqa: E402
 from scopert.export.precision import load_calibration  # noqa: E402
-from scopert.runtime.backends.measured import time_engines  # noqa: E402
+from scopert.runtime.timing import time_engines  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
-from scopert.runtime.bf16_gate import cpu_caps, psnr_db  # noqa: E402
+from scopert.runtime.cpu import cpu_caps  # noqa: E402
+from scopert.runtime.compare import psnr_db  # noqa: E402
 from scopert.training.runfolder import load_model  # noqa: E402
 from tests.training.test_isbi_unet2d import N_TRAIN, load_isbi, write_isbi_config  # noqa: E402
 

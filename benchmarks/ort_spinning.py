@@ -44,7 +44,7 @@ def child(model: Path, spin: str, size: int) -> None:
     ort.SessionOptions = ForcedSpin
     sys.path.insert(0, str(REPO))
     from scopert.runtime import load
-    from scopert.runtime.bench import synthetic_volume
+    from scopert.runtime.tools.bench import synthetic_volume
 
     model = load(model, backend="ort", device="cpu", precision="f32")
     image = synthetic_volume((size, size))

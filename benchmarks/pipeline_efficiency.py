@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from scopert.card import Normalization  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 from scopert.runtime.apply import ApplyOptions, apply_file  # noqa: E402
-from scopert.runtime.bench import bench_pipeline, synthetic_volume  # noqa: E402
+from scopert.runtime.tools.bench import bench_pipeline, synthetic_volume  # noqa: E402
 from tests.runtime.graphs import conv_stack  # noqa: E402
 
 

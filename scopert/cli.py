@@ -132,8 +132,8 @@ def info(model_path, as_json, shape) -> None:
     """Say what a model is and how it will run here; --json prints its whole card."""
     from scopert.commands.info import summary_lines
     from scopert.runtime import load
-    from scopert.runtime.bf16_gate import cpu_caps
-    from scopert.runtime.precision_choice import decide
+    from scopert.runtime.cpu import cpu_caps
+    from scopert.runtime.selection.precision import decide
 
     from scopert.commands import preflight as pf
 

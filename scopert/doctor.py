@@ -46,13 +46,23 @@ def environment_report() -> dict[str, str]:
         report["ort providers"] = ", ".join(ort.get_available_providers())
     report["gpu"] = gpu_name() or "none visible"
     report.update(cuda_report())
-    runtime = "ort (ONNX Runtime CPU)"
-    if report["gpu"] != "none visible" and report["tensorrt"] != "not installed":
-        runtime = "trt engines (build with `scopert build`), else ort with CUDA"
-    report["default backend"] = runtime
+    report.update(engine_report())
     report.update(backend_choice_report())
     report["default backend"] = report["auto backend"].split(":")[0]
     return report
+
+
+def engine_report() -> dict[str, str]:
+    """Every registered engine (the registry is the one list): installed or not, where it runs, its precisions."""
+    from scopert.runtime.backends.base import REGISTRY
+
+    out = {}
+    for entry in REGISTRY.values():
+        found = bool(entry.probe) and importlib.util.find_spec(entry.probe) is not None
+        state = "installed" if found else f"not installed (`pip install 'scopert[{entry.install}]'`)"
+        out[f"engine {entry.name}"] = (f"{entry.title}: {state}; runs {', '.join(entry.suffixes)} on "
+                                      f"{', '.join(entry.devices)} in {', '.join(entry.precisions)}")
+    return out
 
 
 def cuda_report(cudart: Any = None) -> dict[str, str]:
@@ -78,8 +88,8 @@ def cuda_report(cudart: Any = None) -> dict[str, str]:
 
 def backend_choice_report() -> dict[str, str]:
     """What ``backend='auto'`` picks on this machine and why, and what bf16 would need (issue 7)."""
-    from scopert.runtime.backends.choice import choose, probe_environment
-    from scopert.runtime.bf16_gate import cpu_caps
+    from scopert.runtime.selection.choice import choose, probe_environment
+    from scopert.runtime.cpu import cpu_caps
 
     out: dict[str, str] = {}
     try:
@@ -98,7 +108,7 @@ def backend_choice_report() -> dict[str, str]:
 
 def measured_choice_report(folder: str | Path = "engines") -> dict[str, str]:
     """What the measured CPU choice (issue 16) recorded in ``engines/cpu_choice.json`` of the working directory."""
-    from scopert.runtime.backends.measured import CACHE_NAME, engine_versions, read_cache
+    from scopert.runtime.selection.measured import CACHE_NAME, engine_versions, read_cache
 
     records = read_cache(Path(folder) / CACHE_NAME)
     out = {"cpu choice": f"auto times ONNX Runtime vs OpenVINO f32 per model on its planned tile, cached in "

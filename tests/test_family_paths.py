@@ -109,7 +109,9 @@ def test_apply_writes_what_predict_returns(family, fmt, models, images, tmp_path
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_precision_auto_measures_and_records_the_gate_on_its_own_input(family, models, images, tmp_path):
     """No gate in the card (an imported model's export has no training data): auto measures it on the input."""
-    from scopert.runtime.bf16_gate import cpu_caps, gate_path, psnr_db
+    from scopert.runtime.cpu import cpu_caps
+    from scopert.runtime.selection.precision import gate_path
+    from scopert.runtime.compare import psnr_db
 
     model_path, f32 = _model_and_expected(family, models, images)
     copy = tmp_path / model_path.name  # its own folder: the record beside it starts absent

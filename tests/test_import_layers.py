@@ -16,12 +16,12 @@ LAYERS = {
     "leaf": ("scopert.errors", "scopert.card", "scopert.checksum", "scopert.progress", "scopert.runtime.onnx_file",
              "scopert.runtime.cpu", "scopert.runtime.compare", "scopert.runtime.tiling", "scopert.runtime.layout",
              "scopert.runtime.normalize", "scopert.runtime.stitch", "scopert.runtime.tile_cost",
-             "scopert.runtime.pipeline", "scopert.runtime.io"),
+             "scopert.runtime.pipeline", "scopert.runtime.timing", "scopert.runtime.io"),
     "planning": ("scopert.runtime.planning",),
     "engines": ("scopert.runtime.backends",),
     "selection": ("scopert.runtime.selection",),
     "core": ("scopert.runtime.model", "scopert.runtime.loader", "scopert.runtime.apply", "scopert.runtime.stream",
-             "scopert.runtime"),
+             "scopert.runtime="),  # '=': the package itself (its __init__), not everything under it
     "tools": ("scopert.runtime.tools",),
 }
 RANK = {name: i for i, name in enumerate(LAYERS)}
@@ -110,7 +110,10 @@ def layer(module: str) -> str | None:
     best, best_len = None, -1
     for name, prefixes in LAYERS.items():
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+            exact = prefix.endswith("=")
+            prefix = prefix.rstrip("=")
+            hit = module == prefix or not exact and module.startswith(prefix + ".")
+            if hit and len(prefix) > best_len:
                 best, best_len = name, len(prefix)
     return best
 

@@ -95,7 +95,7 @@ def bench(model_path, shape, tile, batch, tune, compare, repeats, stitch, backen
     import numpy as np
 
     from scopert.runtime import load
-    from scopert.runtime.bench import bench_pipeline, compare_engines, run_roofline, tune_tile
+    from scopert.runtime.tools.bench import bench_pipeline, compare_engines, run_roofline, tune_tile
 
     volume = None
     if data_path:

@@ -16,7 +16,7 @@ def _axes_sizes(values: dict[str, Any]) -> str:
 
 def summary_lines(card: ModelCard, model_name: str) -> list[str]:
     """The card in a dozen lines: tensors, halo and tiling, normalization, source, verification, precision gates."""
-    from scopert.runtime.precision_choice import bf16_gate, int8_gate
+    from scopert.runtime.selection.precision import bf16_gate, int8_gate
 
     inp, out = card.input, card.output
     norm = card.normalization

@@ -24,6 +24,7 @@ from scopert.card import METADATA_KEY, ModelCard, read_sidecar
 from scopert.errors import CardError, ConfigError, InputError, OutputError, ScopertError
 from scopert.runtime.io.atomic import same_file
 from scopert.runtime.io.space import check_free_space
+from scopert.runtime.onnx_file import onnx_metadata
 
 TIFF_OUT = (".tif", ".tiff")
 JSON_OUT = (".json",)
@@ -162,71 +163,6 @@ def check_space(dest: str | os.PathLike, need_bytes: int, what: str) -> None:
 
 
 # ---- models and images ---------------------------------------------------------------------------------------
-_MODEL_METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto {key = 1, value = 2})
-
-
-def _varint(fh) -> int | None:
-    shift = result = 0
-    while True:
-        byte = fh.read(1)
-        if not byte:
-            return None if shift == 0 else -1
-        result |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            return -1
-
-
-def _entry(data: bytes) -> tuple[str, str]:
-    import io
-
-    fh, fields = io.BytesIO(data), {}
-    while (tag := _varint(fh)) is not None:
-        if tag < 0 or tag & 7 != 2:
-            raise ValueError("metadata entry is not two strings")
-        n = _varint(fh)
-        if n is None or n < 0:
-            raise ValueError("truncated metadata entry")
-        fields[tag >> 3] = fh.read(n).decode("utf-8")
-    return fields.get(1, ""), fields.get(2, "")
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file, reading only their bytes (the graph is skipped by its length).
-
-    ValueError when the bytes are not a protobuf message (not an ONNX file)."""
-    found: dict[str, str] = {}
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        while (tag := _varint(fh)) is not None:
-            if tag < 0:
-                raise ValueError("bad field tag")
-            field, wire = tag >> 3, tag & 7
-            if field == 0:
-                raise ValueError("field number 0")
-            if wire == 0:
-                if _varint(fh) in (None, -1):
-                    raise ValueError("truncated varint")
-            elif wire == 1:
-                fh.seek(8, 1)
-            elif wire == 5:
-                fh.seek(4, 1)
-            elif wire == 2:
-                n = _varint(fh)
-                if n is None or n < 0 or fh.tell() + n > size:
-                    raise ValueError("length runs past the end of the file")
-                if field == _MODEL_METADATA_FIELD:
-                    key, value = _entry(fh.read(n))
-                    found[key] = value
-                else:
-                    fh.seek(n, 1)
-            else:
-                raise ValueError(f"wire type {wire}")
-            if fh.tell() > size:
-                raise ValueError("field runs past the end of the file")
-    return found
 
 
 def model_card(path: str | os.PathLike, option: str = "-m") -> ModelCard:

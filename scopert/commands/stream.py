@@ -36,7 +36,7 @@ def plan_stream(replay_path, fps, model_path, output_path, no_output, max_queue,
                 json_path) -> StreamPlan:
     """Check every argument of ``scopert stream`` and return the plan; reads file headers only."""
     from scopert.commands import preflight as pf
-    from scopert.runtime.replay import check_rate, check_replay_layout
+    from scopert.runtime.tools.replay import check_rate, check_replay_layout
 
     fps = check_rate(fps)
     pf.check_count(max_queue, "--max-queue")
@@ -102,7 +102,7 @@ def stream(replay_path, fps, model_path, output_path, no_output, on_full, max_qu
     plan = plan_stream(replay_path, fps, model_path, output_path, no_output, max_queue, n_frames, loop, json_path)
 
     from scopert.runtime import load
-    from scopert.runtime.replay import read_replay_stack, replay
+    from scopert.runtime.tools.replay import read_replay_stack, replay
 
     frames = read_replay_stack(replay_path)
     physical = None

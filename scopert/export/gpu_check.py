@@ -21,7 +21,6 @@ a verdict. Imports numpy, polygraphy (ONNX Runtime runner), ``scopert.export`` a
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -163,14 +162,10 @@ def image_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     if got.shape != ref.shape:
         raise RunError(f"the engine's outputs {got.shape} differ in shape from the reference's {ref.shape}; rebuild "
                        "the engine from this model.")
-    ref = ref.astype(np.float64)
-    finite = np.isfinite(got)
-    err = np.abs(got[finite].astype(np.float64) - ref[finite])
-    peak = float(ref.max() - ref.min()) or 1.0
-    mse = float(np.mean(err ** 2)) if err.size else float("inf")
-    psnr = float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
-    return {"psnr_db_vs_ort_fp32": psnr, "max_abs_error": float(err.max()) if err.size else float("inf"),
-            "nonfinite": int(np.sum(~finite))}
+    from scopert.runtime.compare import compare
+
+    c = compare(ref, got)
+    return {"psnr_db_vs_ort_fp32": c.psnr_db, "max_abs_error": c.max_abs, "nonfinite": c.nonfinite}
 
 
 def verdict(metrics: dict[str, Any], polygraphy_passed: bool, min_psnr_db: float) -> dict[str, Any]:

@@ -29,23 +29,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from scopert.errors import ConfigError
+from scopert.runtime.compare import dice_change, psnr_db
 
 log = logging.getLogger(__name__)
 
 INT8_SUFFIX = ".int8.xml"
-
-
-def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    from scopert.runtime.bf16_gate import psnr_db as _psnr
-
-    return _psnr(reference, test)
-
-
-def dice_change(reference: np.ndarray, test: np.ndarray, threshold: float) -> float:
-    """1 - Dice of the two masks ``> threshold`` (0 when both are empty)."""
-    a, b = np.asarray(reference) > threshold, np.asarray(test) > threshold
-    total = int(a.sum()) + int(b.sum())
-    return 0.0 if total == 0 else 1.0 - 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def is_segmentation(card: Any) -> tuple[bool, float]:
@@ -113,7 +101,8 @@ def quantize_int8(onnx_path: str | Path, tiles: np.ndarray, card: Any, out_path:
 
 def bf16_gate_record(onnx_path: str | Path, tiles: np.ndarray, threshold_db: float = 45.0) -> dict[str, Any]:
     """PSNR of OpenVINO bf16 against f32 on real ``tiles``, as the card records it (or why it was not measured)."""
-    from scopert.runtime.bf16_gate import cpu_caps, measure_bf16_psnr
+    from scopert.runtime.cpu import cpu_caps
+    from scopert.runtime.selection.precision import measure_bf16_psnr
 
     caps = cpu_caps()
     if not caps.bf16:

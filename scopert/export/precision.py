@@ -2,7 +2,7 @@
 
 Steps (``convert_fp16``):
 1. calibration tiles: real data (``--calib`` files), else the training data named in the card, else an error;
-   cut and normalized by the runtime's own path (``Model.prepare`` + ``tile_input`` on its tile plan), so
+   cut and normalized by the runtime's own path (``Planner.prepare`` + ``tile_input`` on its tile plan), so
    they equal the tiles the engine will be fed;
 2. range analysis: ONNX Runtime (CPU, FP32) with every intermediate float tensor exposed as a graph output;
    max |x|, min/max and the smallest non-zero |x| of every tensor;
@@ -250,13 +250,13 @@ def _cut_tiles(arr: np.ndarray, card: ModelCard, src: Path, count: int, tile: di
                rng: np.random.Generator, allow_raw: bool) -> Iterable[np.ndarray]:
     """``count`` tiles of one data array in the model layout (without batch), cut by the runtime itself.
 
-    The runtime's own path makes them (``Model.prepare`` + ``tile_input`` on the runtime's tile plan; for a
+    The runtime's own path makes them (``Planner.prepare`` + ``tile_input`` on the runtime's tile plan; for a
     window-of-frames model, its per-frame normalization of the frame window first), so the activation
     ranges measured here are those the engine meets: a calibration tile equals the tile the runtime feeds
     the backend for the same region. The tiles are drawn from the plan's grid.
     """
     from scopert.runtime.layout import centre_frame_model
-    from scopert.runtime.model import Model, tile_input
+    from scopert.runtime.planning import Planner, tile_input
     from scopert.runtime.normalize import AppliedNormalization
 
     spec = card.input
@@ -289,7 +289,7 @@ def _cut_tiles(arr: np.ndarray, card: ModelCard, src: Path, count: int, tile: di
             "it un-normalized: raw counts must not reach an FP16 graph. Normalize the input (set the card's "
             "normalization) or keep the model FP32."
         )
-    runtime = Model(None, card, src)  # no backend: only its planning and normalization are used
+    runtime = Planner(card, src)  # planning and normalization from the card alone
     centre = centre_frame_model(card)
     image_axes = axes[1:] if axes.startswith("n") else axes
     tiled = runtime.in_layout.tiled

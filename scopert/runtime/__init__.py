@@ -10,6 +10,7 @@ torch, onnx, ``scopert.training`` or ``scopert.export`` (a test enforces it)::
         ...
 """
 
-from scopert.runtime.model import Model, load
+from scopert.runtime.loader import load
+from scopert.runtime.model import Model
 
 __all__ = ["Model", "load"]

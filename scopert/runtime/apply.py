@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scopert.errors import ConfigError, InputError
+from scopert.runtime.compare import psnr_db
 from scopert.runtime.io import check_output_path, read_image, to_bit_depth
 from scopert.runtime.io.image import ImageData
 from scopert.runtime.io.outputs import (OutputSpec, check_format_option, file_axes, open_writer, output_kind,
@@ -469,8 +470,8 @@ def _run_in_memory(job: ApplyJob, array: np.ndarray, progress) -> dict[str, floa
     gt = channels.get("gt")
     if gt is not None and gt.shape == channels["restored"].shape:
         if "raw" in channels and channels["raw"].shape == gt.shape:
-            metrics["psnr_raw_db"] = _psnr(channels["raw"], gt)
-        metrics["psnr_restored_db"] = _psnr(channels["restored"], gt)
+            metrics["psnr_raw_db"] = psnr_db(gt, channels["raw"], peak=1.0)  # 3D-RCAN: peak 1 on normalized
+        metrics["psnr_restored_db"] = psnr_db(gt, channels["restored"], peak=1.0)
         log.info("%s vs the ground truth: PSNR %s", job.input_path.name,
                  ", ".join(f"{k.split('_')[1]} {v:.2f} dB" for k, v in metrics.items()))
     written = [channels.get("raw_input", channels.get("raw"))] if job.raw_channels else []
@@ -503,12 +504,6 @@ def _compose(job: ApplyJob, array: np.ndarray, gt_array: np.ndarray | None, prog
 def _as_float(values: np.ndarray) -> np.ndarray:
     """The input's own values in the output's float32 (exact for 8- and 16-bit counts)."""
     return np.asarray(values, np.float32)
-
-
-def _psnr(pred: np.ndarray, target: np.ndarray) -> float:
-    """PSNR with peak 1, the 3D-RCAN metric on percentile-normalized images."""
-    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 def _finish_channels(channels: dict[str, np.ndarray], opts: ApplyOptions) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from scopert.errors import InputError
 
+_MODEL_METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto {key = 1, value = 2})
 MAX_DEPTH = 64  # nested subgraphs (If/Loop bodies); deeper is a damaged or hostile file
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
@@ -159,6 +160,96 @@ def widest_filter_bank(path: str | os.PathLike) -> int:
     except (OSError, _Damaged):
         return widest
     return widest
+
+
+def _read_varint(fh) -> int | None:
+    shift = result = 0
+    while True:
+        byte = fh.read(1)
+        if not byte:
+            return None if shift == 0 else -1
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            return -1
+
+
+def _metadata_entry(data: bytes) -> tuple[str, str]:
+    import io
+
+    fh, fields = io.BytesIO(data), {}
+    while (tag := _read_varint(fh)) is not None:
+        if tag < 0 or tag & 7 != 2:
+            raise ValueError("metadata entry is not two strings")
+        n = _read_varint(fh)
+        if n is None or n < 0:
+            raise ValueError("truncated metadata entry")
+        fields[tag >> 3] = fh.read(n).decode("utf-8")
+    return fields.get(1, ""), fields.get(2, "")
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (where the card lives), reading only their bytes: every other field,
+    the graph and its weights included, is skipped by its length. The one metadata reader: ``load``, the engines
+    and the CLI's preflight read the card through it, without onnx.
+
+    ValueError when the bytes are not a protobuf message (not an ONNX file)."""
+    found: dict[str, str] = {}
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        while (tag := _read_varint(fh)) is not None:
+            if tag < 0:
+                raise ValueError("bad field tag")
+            field, wire = tag >> 3, tag & 7
+            if field == 0:
+                raise ValueError("field number 0")
+            if wire == 0:
+                if _read_varint(fh) in (None, -1):
+                    raise ValueError("truncated varint")
+            elif wire == 1:
+                fh.seek(8, 1)
+            elif wire == 5:
+                fh.seek(4, 1)
+            elif wire == 2:
+                n = _read_varint(fh)
+                if n is None or n < 0 or fh.tell() + n > size:
+                    raise ValueError("length runs past the end of the file")
+                if field == _MODEL_METADATA_FIELD:
+                    key, value = _metadata_entry(fh.read(n))
+                    found[key] = value
+                else:
+                    fh.seek(n, 1)
+            else:
+                raise ValueError(f"wire type {wire}")
+            if fh.tell() > size:
+                raise ValueError("field runs past the end of the file")
+    return found
+
+
+def onnx_io_names(path: str | os.PathLike) -> tuple[str, str]:
+    """The names of the graph's first real input (not an initializer) and first output, read without onnx: what
+    a card made from arguments (an ONNX file without one) names its tensors."""
+    try:
+        data = memoryview(Path(path).read_bytes())
+        inputs, outputs, weights = [], [], set()
+        for number, wire, value in _fields(data):
+            if number == 7 and wire == 2:  # ModelProto.graph
+                for g_number, g_wire, g_value in _fields(value):
+                    if g_wire != 2:
+                        continue
+                    if g_number in (11, 12):  # GraphProto.input / output: ValueInfoProto, name = 1
+                        name = next((_text(v) for n, w, v in _fields(g_value) if n == 1 and w == 2), "")
+                        (inputs if g_number == 11 else outputs).append(name)
+                    elif g_number == 5:  # GraphProto.initializer: TensorProto, name = 8
+                        weights.update(_text(v) for n, w, v in _fields(g_value) if n == _TENSOR_NAME and w == 2)
+    except (OSError, _Damaged) as exc:
+        raise InputError(f"{path} is not a readable ONNX model ({exc}). Re-export it.") from None
+    real = [n for n in inputs if n not in weights]
+    if not real or not outputs:
+        raise InputError(f"{path} has no graph input or output; it is not a model ScopeRT can run.")
+    return real[0], outputs[0]
 
 
 def external_data(path: str | os.PathLike) -> list[ExternalData]:

@@ -43,7 +43,7 @@ def test_int8_quantized_gated_recorded_and_loaded(tmp_path, data_dir):
     assert model.backend.info.precision == "int8" and res.path.name in model.backend.info.reason
     f32 = load(path, backend="openvino", precision="f32")
     x = tiles[:1]
-    from scopert.runtime.bf16_gate import psnr_db
+    from scopert.runtime.compare import psnr_db
 
     assert psnr_db(f32.backend.run(x), model.backend.run(x)) == pytest.approx(gate["value"], abs=15)
 

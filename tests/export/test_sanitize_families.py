@@ -7,9 +7,7 @@ tolerance (atol per unit of the output's range); a graph that folding really cha
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from scopert.errors import RunError
 from tests.families import IMPORTED

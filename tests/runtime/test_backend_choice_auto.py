@@ -12,8 +12,9 @@ import pytest
 
 from scopert.errors import BackendError
 from scopert.runtime import load
-from scopert.runtime.backends import base, choice
-from scopert.runtime.backends.choice import Environment, choose
+from scopert.runtime.backends import base
+from scopert.runtime.selection import choice
+from scopert.runtime.selection.choice import Environment, choose
 from tests.runtime.graphs import conv_stack
 
 CPU_X86 = Environment(machine="x86_64", openvino=True, ort=True, ort_providers=("CPUExecutionProvider",))

@@ -11,8 +11,8 @@ import pytest
 
 from scopert.commands.bench import SCMOS_BYTES_PER_S, camera_verdicts, default_shape
 from scopert.runtime import load
-from scopert.runtime.bench import tune_tile
-from scopert.runtime.bf16_gate import cpu_caps
+from scopert.runtime.tools.bench import tune_tile
+from scopert.runtime.cpu import cpu_caps
 from tests.runtime.graphs import conv_stack
 
 

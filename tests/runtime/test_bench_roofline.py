@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scopert.runtime import load
-from scopert.runtime.bench import compare_engines
+from scopert.runtime.tools.bench import compare_engines
 from tests.runtime.graphs import conv_stack
 
 pytest.importorskip("openvino")
@@ -27,7 +27,7 @@ def test_compare_engines_adds_roofline(tmp_path):
 
 def test_a_plain_bench_reports_its_fraction_of_the_peak(tmp_path):
     """Issue 24: every bench (not only --compare) says how close to the limit the engine and precision it ran are."""
-    from scopert.runtime.bench import bench_pipeline, run_roofline
+    from scopert.runtime.tools.bench import bench_pipeline, run_roofline
 
     path = tmp_path / "stack.onnx"
     conv_stack(path, ndim=2, layers=3, channels=8)

@@ -15,7 +15,7 @@ import tifffile
 import torch
 
 from scopert.export.onnx_export import export_run
-from scopert.runtime.model import load
+from scopert.runtime.loader import load
 from scopert.training.models import cnnt
 from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from scopert.errors import InputError
 from scopert.runtime import load
-from scopert.runtime.backends import open_backend
+from scopert.runtime.selection import open_backend
 from scopert.runtime.backends.openvino import OpenVinoBackend, UnsupportedOpError, onnx_metadata
 from scopert.runtime.backends.ort import OrtBackend
 from tests.runtime.graphs import conv_stack

@@ -11,7 +11,9 @@ import tifffile
 
 from scopert.runtime import load
 from scopert.checksum import sha256_file
-from scopert.runtime.bf16_gate import CpuCaps, decide_precision, gate_path, psnr_db, sample_tiles
+from scopert.runtime.cpu import CpuCaps
+from scopert.runtime.selection.precision import decide_precision, gate_path
+from scopert.runtime.compare import psnr_db
 from tests.runtime.graphs import conv_stack
 
 pytest.importorskip("openvino")
@@ -46,7 +48,7 @@ def test_bf16_refused_without_real_tiles_or_record(model2d):
 
 
 def _record(model2d, psnr, bf16_ops=40):
-    from scopert.runtime.bf16_gate import _engine_version
+    from scopert.runtime.selection.precision import _engine_version
 
     key = f"{sha256_file(model2d)}|{BF16.key}|{_engine_version()}"
     gate_path(model2d).write_text(json.dumps({"records": {key: {
@@ -67,10 +69,10 @@ def test_recorded_gate_is_reused_and_thresholded(model2d):
 def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):
     img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
     model = load(model2d, backend="openvino")
-    tiles = sample_tiles(model, img, n=3, tile=(256, 256))  # the default tile holds this image whole
+    tiles = model.sample_tiles(img, n=3, tile=(256, 256))  # the default tile holds this image whole
     assert len(tiles) == 3 and tiles[0].shape[:2] == (1, 1)
     gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16)
-    from scopert.runtime.bf16_gate import _engine_version
+    from scopert.runtime.selection.precision import _engine_version
 
     rec = json.loads(gate_path(model2d).read_text())["records"][f"{sha256_file(model2d)}|{BF16.key}|{_engine_version()}"]
     assert rec["tiles"] == 3
@@ -85,7 +87,7 @@ def test_gate_tiles_of_a_stack_under_a_2d_model_are_planes(model2d, data_dir, mo
     """Issue 20: a 2D model over a time-lapse or z-stack crashed in np.pad (a 2-axis plan on a 3-axis array)."""
     stack = tifffile.imread(data_dir / movie)[:6]
     with load(model2d, backend="ort") as model:
-        tiles = sample_tiles(model, stack, n=4)
+        tiles = model.sample_tiles(stack, n=4)
     assert len(tiles) == 4
     assert all(t.shape[:2] == (1, 1) and t.ndim == 4 for t in tiles)  # (b, c, y, x): one plane each
     assert len({float(t.mean()) for t in tiles}) > 1  # spread over the stack, not one tile four times
@@ -95,7 +97,7 @@ def test_load_with_bf16_on_cpu_without_bf16_is_refused_but_auto_continues(model2
     """Issue 16: an explicit --precision bf16 the CPU cannot honour is a clear refusal; auto runs f32."""
     from scopert.errors import ConfigError
 
-    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
+    monkeypatch.setattr("scopert.runtime.selection.cpu_caps", lambda *a, **k: NO_BF16)
     img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
     with pytest.raises(ConfigError, match="refused: bf16: this CPU has no bf16"):
         load(model2d, backend="openvino", precision="bf16", calibration=img)
@@ -111,7 +113,7 @@ def test_bf16_on_a_stack_then_auto_reuses_the_recorded_gate(model2d, data_dir, t
     import subprocess
     import sys
 
-    from scopert.runtime.bf16_gate import cpu_caps
+    from scopert.runtime.cpu import cpu_caps
 
     if not cpu_caps().bf16:
         pytest.skip("this CPU has no bf16: the gate cannot be measured here (the refusal is tested above)")

@@ -9,8 +9,8 @@ import pytest
 from scopert.card import ModelCard
 from scopert.errors import ConfigError
 from scopert.runtime import load
-from scopert.runtime.bf16_gate import CpuCaps
-from scopert.runtime.precision_choice import decide
+from scopert.runtime.cpu import CpuCaps
+from scopert.runtime.selection.precision import decide
 from tests.runtime.graphs import conv_stack
 
 NO_BF16 = CpuCaps("Fake AVX2 CPU", frozenset({"avx2", "fma"}), ("FP32", "INT8"))
@@ -64,7 +64,7 @@ def test_load_auto_swaps_to_bf16_only_with_cpu_and_gate(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     path = tmp_path / "c.onnx"
     conv_stack(path, ndim=2)
-    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: BF16)
+    monkeypatch.setattr("scopert.runtime.selection.cpu_caps", lambda *a, **k: BF16)
     model = load(path, backend="openvino", precision="auto")
     assert model.backend.info.precision == "fp32" and "records no bf16 gate" in model.backend.info.reason
     with pytest.raises(ConfigError, match="--precision int8 refused"):
@@ -76,7 +76,7 @@ def test_load_auto_swaps_to_bf16_only_with_cpu_and_gate(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="runs on the OpenVINO backend only"):
         load(path, backend="ort", device="cpu", precision="bf16")
     assert load(path, backend="ort", device="cpu", precision="auto").backend.info.name == "ort"
-    monkeypatch.setattr("scopert.runtime.bf16_gate.cpu_caps", lambda *a, **k: NO_BF16)
+    monkeypatch.setattr("scopert.runtime.selection.cpu_caps", lambda *a, **k: NO_BF16)
     model = load(path, backend="openvino", precision="auto")
     assert model.backend.info.precision == "fp32" and "this CPU has no bf16" in model.backend.info.reason
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scopert.runtime import load
-from scopert.runtime.model import tile_input
+from scopert.runtime.planning import tile_input
 from scopert.runtime.normalize import AppliedNormalization
 from scopert.runtime.pipeline import run_pipeline
 from scopert.runtime.stitch import BlendStitcher, CropStitcher, _tile_region

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from scopert.cli import cli
 from scopert.errors import ConfigError, InputError
 from scopert.runtime import load
-from scopert.runtime.replay import read_replay_stack, replay
+from scopert.runtime.tools.replay import read_replay_stack, replay
 from tests.runtime.graphs import conv_stack
 
 

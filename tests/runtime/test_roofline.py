@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scopert.runtime.roofline import Peak, achieved, best_peak, count_flops, formula_peak, measure_peak
+from scopert.runtime.tools.roofline import Peak, achieved, best_peak, count_flops, formula_peak, measure_peak
 from tests.runtime.graphs import conv_stack
 
 pytest.importorskip("openvino")

@@ -70,25 +70,49 @@ class Backend(ABC):
 
 @dataclass(frozen=True)
 class BackendEntry:
-    """One backend: its name on the command line, what opens it and which files it runs."""
+    """One engine, declared once: its name on the command line, what opens it, which files it runs, how to tell
+    that it is installed, where it runs, the precisions it runs, and its place in ``auto``'s order. ``load``,
+    ``auto`` (``selection.choice``), ``doctor`` and the precision choice read these; they name no engine."""
 
     name: str
-    opener: str  # "module:callable" with signature (path, device, threads) -> Backend
-    suffixes: tuple[str, ...]
+    opener: str  # "module:callable" (path, device, threads[, precision]) -> Backend; precision if it runs several
+    suffixes: tuple[str, ...]  # files it runs; a suffix other than .onnx is a built engine only it runs
     summary: str
+    title: str = ""  # how messages name it ("OpenVINO")
+    probe: str = ""  # the Python module whose presence says the engine is installed
+    install: str = "cpu"  # the scopert extra that installs it
+    devices: tuple[str, ...] = ("cpu",)
+    precisions: tuple[str, ...] = ("f32",)
+    priority: dict[str, int] = field(default_factory=dict)  # per device: lower goes first in ``auto``
+    machines: tuple[str, ...] = ()  # CPU architectures it runs on (empty: any)
+    cuda_provider: str = ""  # on 'cuda': a provider the engine must list (ONNX Runtime's CUDA provider)
+    built_engine: bool = False  # on 'cuda' for an ONNX file: runs only an engine built for it (``scopert build``)
+    fallback: str = ""  # the engine that runs a model whose ops this one cannot
 
     def load_opener(self) -> Callable[..., Backend]:
         module, _, attr = self.opener.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    @property
+    def engine_suffixes(self) -> tuple[str, ...]:
+        return tuple(s for s in self.suffixes if s != ".onnx")
+
+
+X86 = ("x86_64", "amd64", "i686", "x86")
 
 REGISTRY: dict[str, BackendEntry] = {e.name: e for e in (
     BackendEntry("ort", "scopert.runtime.backends.ort:OrtBackend", (".onnx",),
-                 "ONNX Runtime: the portable CPU default; CUDA/TensorRT providers when installed"),
-    BackendEntry("openvino", "scopert.runtime.backends.openvino:open_named", (".onnx",),
-                 "OpenVINO on x86 CPUs (falls back to ONNX Runtime for ops it cannot run)"),
+                 "ONNX Runtime: the portable CPU default; CUDA/TensorRT providers when installed",
+                 title="ONNX Runtime", probe="onnxruntime", devices=("cuda", "cpu"),
+                 priority={"cuda": 20, "cpu": 40}, cuda_provider="CUDAExecutionProvider"),
+    BackendEntry("openvino", "scopert.runtime.backends.openvino:open_openvino", (".onnx",),
+                 "OpenVINO on x86 CPUs (falls back to ONNX Runtime for ops it cannot run)",
+                 title="OpenVINO", probe="openvino", precisions=("f32", "bf16", "int8"), priority={"cpu": 30},
+                 machines=X86, fallback="ort"),
     BackendEntry("trt", "scopert.runtime.backends.trt:TrtBackend", (".engine", ".plan"),
-                 "a TensorRT engine built by `scopert build`, driven with cuda-python"),
+                 "a TensorRT engine built by `scopert build`, driven with cuda-python",
+                 title="TensorRT", probe="tensorrt", install="gpu", devices=("cuda",), precisions=("fp16", "f32"),
+                 priority={"cuda": 10}, built_engine=True),
 )}
 
 
@@ -99,4 +123,15 @@ def backend_choices() -> tuple[str, ...]:
 
 def engine_suffixes() -> tuple[str, ...]:
     """File suffixes that only an engine backend runs (``.engine``, ``.plan``)."""
-    return tuple(s for e in REGISTRY.values() for s in e.suffixes if s != ".onnx")
+    return tuple(s for e in REGISTRY.values() for s in e.engine_suffixes)
+
+
+def model_suffixes() -> tuple[str, ...]:
+    """Every file suffix some registered engine runs (what ``load`` accepts)."""
+    return tuple(dict.fromkeys(s for e in REGISTRY.values() for s in e.suffixes))
+
+
+def by_priority(device: str = "auto") -> list[tuple[BackendEntry, str]]:
+    """(engine, device) pairs in ``auto``'s order, on ``device`` ('auto': every device)."""
+    pairs = [(e, d) for e in REGISTRY.values() for d in e.devices if device in ("auto", d)]
+    return sorted(pairs, key=lambda pair: pair[0].priority.get(pair[1], 1000))

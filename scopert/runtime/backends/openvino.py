@@ -17,7 +17,6 @@ minimal protobuf walk.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import re
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 
 from scopert.errors import BackendError, InputError
 from scopert.runtime.backends.base import Backend, BackendInfo
+from scopert.runtime.onnx_file import onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -57,58 +57,13 @@ def _import_ov():
     return ov
 
 
-# ---- ONNX metadata without the onnx package ------------------------------------------------------------
-def _varint(buf, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """Yield (field number, wire type, value or (start, end) for length-delimited) of one message."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield num, wire, value
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            yield num, wire, (pos, pos + n)
-            pos += n
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX ModelProto (field 14: key=1, value=2), read without onnx."""
-    out: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return out
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                for num, wire, val in _fields(buf, 0, len(buf)):
-                    if num == 14 and wire == 2:
-                        key = value = ""
-                        for n2, w2, v2 in _fields(buf, *val):
-                            if w2 == 2 and n2 in (1, 2):
-                                text = bytes(buf[v2[0]:v2[1]]).decode("utf-8", "replace")
-                                key, value = (text, value) if n2 == 1 else (key, text)
-                        out[key] = value
-            except (ValueError, IndexError):
-                log.debug("could not walk %s as a protobuf; no metadata", path)
-    return out
+def _metadata(path: str | Path) -> dict[str, str]:
+    """The ONNX file's metadata (its card), or none when the bytes do not walk as a protobuf."""
+    try:
+        return onnx_metadata(path)
+    except ValueError:
+        log.debug("could not walk %s as a protobuf; no metadata", path)
+        return {}
 
 
 # ---- the backend ----------------------------------------------------------------------------------------
@@ -176,7 +131,7 @@ class OpenVinoBackend(Backend):
         self.input_name = self._model.inputs[0].get_any_name()
         self.output_name = self._model.outputs[0].get_any_name()
         self._rank = len(self._model.inputs[0].get_partial_shape())
-        self.metadata = onnx_metadata(path)
+        self.metadata = _metadata(path)
         self._cache: dict[tuple[int, ...], _Compiled] = {}
         self._cache_lock = threading.Lock()
         self.info = BackendInfo(
@@ -299,10 +254,10 @@ class OpenVinoBackend(Backend):
         return counts
 
 
-def open_named(path: str | Path, device: str = "auto", threads: int | None = None) -> Backend:
-    """``--backend openvino``: f32 on the CPU, or ONNX Runtime when OpenVINO cannot run an op (registry opener)."""
+def open_openvino(path: str | Path, device: str = "auto", threads: int | None = None,
+                  precision: str = "f32") -> Backend:
+    """The registry's opener: OpenVINO on the CPU at ``precision`` (an op it cannot run raises
+    ``UnsupportedOpError``, and the selection layer falls back to the entry's fallback engine)."""
     if device == "cuda":
         raise BackendError("--backend openvino runs on the CPU; drop --device cuda or use --backend ort or trt.")
-    from scopert.runtime.backends.choice import open_openvino
-
-    return open_openvino(path, threads, "f32", "--backend openvino")
+    return OpenVinoBackend(path, threads=threads, precision=precision)

@@ -17,6 +17,7 @@ batch, an image smaller than a tile). The profile is the caller's, else the card
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -56,11 +57,11 @@ def card_trt_profile(model_path: Path, batch: int = DEFAULT_TRT_EP_BATCH) -> Pro
     the tiler sends, opt = max = (batch, nominal tile). The nominal tile (``tile_cost.nominal_tile``): the card's,
     else 32 along z and 256 along y/x, at least 4*halo+divisor; ``Model.default_tile`` uses this engine's profile."""
     from scopert.card import card_from_metadata
-    from scopert.runtime.backends.openvino import onnx_metadata
+    from scopert.runtime.onnx_file import onnx_metadata
 
     try:
         card = card_from_metadata(onnx_metadata(model_path), where=f"{Path(model_path).name}:metadata")
-    except ScopertError:
+    except (ScopertError, ValueError):
         return None
     if card is None:
         return None
@@ -111,9 +112,10 @@ def model_precision(metadata: dict[str, str]) -> str:
     text = metadata.get(METADATA_KEY)
     if not text:
         return "fp32"
-    try:
-        mode = ModelCard.from_json(text).precision.get("mode", "")
-    except ScopertError:
+    try:  # one field, peeked: the card itself is read (and checked) once, by ``load``
+        precision = json.loads(text).get("precision") or {}
+        mode = precision.get("mode", "") if isinstance(precision, dict) else ""
+    except (ValueError, AttributeError):
         return "fp32"  # the runtime reports an unreadable card itself, with its fix
     return "fp16" if str(mode).startswith("fp16") else "fp32"
 

@@ -5,7 +5,8 @@
 sha256, this GPU and this TensorRT version), ONNX Runtime with CUDA when a GPU and the CUDA provider are there,
 OpenVINO on an x86 CPU when it is installed, and ONNX Runtime on the CPU otherwise. The decision is a pure
 function of a probed ``Environment`` (so tests can fake one) and carries its reason, which ``scopert doctor``
-prints and every run logs. Imports the standard library only; backends are imported when opened.
+prints and every run logs. Opening the chosen backend is ``selection.open_choice``. Imports the standard library
+only.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scopert.errors import BackendError, ScopertError
+from scopert.runtime.backends.base import REGISTRY, X86, by_priority, engine_suffixes
 
 log = logging.getLogger(__name__)
 
-X86 = ("x86_64", "amd64", "i686", "x86")
-ENGINE_SUFFIXES = (".engine", ".plan")
+ENGINE_SUFFIXES = engine_suffixes()
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,17 @@ class Environment:
     gpu: str | None = None
     compute_capability: str | None = None  # "9.0", from nvidia-smi; None: match engines on the GPU name only
     trt_version: str | None = None  # the installed TensorRT's version; None: match any
+    extra_modules: frozenset[str] = frozenset()  # other engines' probe modules found installed
 
     @property
     def x86(self) -> bool:
         return self.machine.lower() in X86
+
+    def installed(self, module: str) -> bool:
+        """Whether an engine's Python module (its registry ``probe``) was found."""
+        return {"onnxruntime": self.ort, "openvino": self.openvino, "tensorrt": self.tensorrt}.get(module, False) \
+            or module in self.extra_modules
+
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ def probe_environment() -> Environment:
         machine=platform.machine(), openvino=importlib.util.find_spec("openvino") is not None, ort=has_ort,
         ort_providers=providers, tensorrt=has_trt, gpu=gpu, compute_capability=cc,
         trt_version=_trt_version() if has_trt else None,
+        extra_modules=frozenset(e.probe for e in REGISTRY.values()
+                                if e.probe and importlib.util.find_spec(e.probe) is not None),
     )
 
 
@@ -145,82 +155,49 @@ def find_engine(onnx_path: Path, env: Environment) -> tuple[Path | None, list[st
 
 
 def choose(path: str | Path, device: str = "auto", env: Environment | None = None) -> Choice:
-    """The ``auto`` decision for ``path`` on ``env`` (probed when not given), with its reason."""
+    """The ``auto`` decision for ``path`` on ``env`` (probed when not given), with its reason: the registry's
+    (engine, device) pairs in priority order, the first one installed and able to run here."""
     env = env or probe_environment()
     path = Path(path)
+    for entry in REGISTRY.values():
+        if path.suffix in entry.engine_suffixes:  # a built engine: only its engine runs it
+            return Choice(entry.name, entry.devices[0], f"{path.name} is a {entry.title} engine", engine_path=path)
     skipped: list[str] = []
-    if path.suffix in ENGINE_SUFFIXES:
-        return Choice("trt", "cuda", f"{path.name} is a TensorRT engine", engine_path=path)
-    if device != "cpu":
-        if env.gpu and env.tensorrt:
-            engine, passed = find_engine(path, env)
-            if engine is not None:
-                return Choice("trt", "cuda", f"TensorRT engine {engine.name} built for this model on GPU {env.gpu}",
-                              engine_path=engine)
-            for why in passed:
-                log.warning("backend auto: not using engine %s; rebuild it here with `scopert build %s --tile ...`",
-                            why, path.name)
-            skipped.extend(f"engine {why}" for why in passed)
-        if env.gpu and "CUDAExecutionProvider" in env.ort_providers:
+    gpu_done = device == "cpu"
+    for entry, dev in by_priority("auto" if device == "auto" else device):
+        if dev == "cpu" and not gpu_done:  # every GPU engine passed over: say why once, then the CPU engines
+            gpu_done = True
+            skipped.append(_no_gpu_engine(env))
+        if dev == "cuda":
+            if not env.gpu or not env.installed(entry.probe) or (
+                    entry.cuda_provider and entry.cuda_provider not in env.ort_providers):
+                continue
+            if entry.built_engine:
+                engine, passed = find_engine(path, env)
+                for why in passed:
+                    log.warning("backend auto: not using engine %s; rebuild it here with `scopert build %s "
+                                "--tile ...`", why, path.name)
+                skipped.extend(f"engine {why}" for why in passed)
+                if engine is not None:
+                    return Choice(entry.name, "cuda", f"{entry.title} engine {engine.name} built for this model on "
+                                  f"GPU {env.gpu}", engine_path=engine)
+                continue
             why = "; ".join(skipped) or "no TensorRT engine built for it"
-            return Choice("ort", "cuda", f"ONNX Runtime CUDA on GPU {env.gpu} ({why})", skipped=tuple(skipped))
-        skipped.append("no GPU" if not env.gpu else "GPU without a TensorRT engine or ORT CUDA provider")
-        if device == "cuda":
-            raise BackendError(f"--device cuda was asked for, but {skipped[-1]}. Install onnxruntime-gpu "
-                               "(`pip install 'scopert[gpu]'`), build an engine, or use --device cpu.")
-    if env.x86 and env.openvino:
-        return Choice("openvino", "cpu", f"OpenVINO on the x86 CPU ({'; '.join(skipped + ['fastest CPU engine'])})",
-                      skipped=tuple(skipped))
-    if not env.x86:
-        skipped.append(f"{env.machine} CPU (OpenVINO is the x86 path)")
-    elif not env.openvino:
-        skipped.append("OpenVINO not installed (`pip install 'scopert[cpu]'`)")
-    if not env.ort:
-        raise BackendError("no inference engine is installed. Install one: `pip install 'scopert[cpu]'`.")
-    return Choice("ort", "cpu", f"ONNX Runtime on the CPU ({'; '.join(skipped)})", skipped=tuple(skipped))
+            return Choice(entry.name, "cuda", f"{entry.title} CUDA on GPU {env.gpu} ({why})", skipped=tuple(skipped))
+        if entry.machines and env.machine.lower() not in entry.machines:
+            skipped.append(f"{env.machine} CPU ({entry.title} is the x86 path)")
+        elif not env.installed(entry.probe):
+            skipped.append(f"{entry.title} not installed (`pip install 'scopert[{entry.install}]'`)")
+        else:
+            first = entry.name == by_priority("cpu")[0][0].name
+            notes = skipped + (["fastest CPU engine"] if first else [])
+            where = "the x86 CPU" if entry.machines else "the CPU"
+            return Choice(entry.name, "cpu", f"{entry.title} on {where} ({'; '.join(notes)})", skipped=tuple(skipped))
+    if not gpu_done:  # --device cuda: only GPU engines were candidates
+        raise BackendError(f"--device cuda was asked for, but {_no_gpu_engine(env)}. Install onnxruntime-gpu "
+                           "(`pip install 'scopert[gpu]'`), build an engine, or use --device cpu.")
+    raise BackendError("no inference engine is installed. Install one: `pip install 'scopert[cpu]'`.")
 
 
-def open_openvino(path: str | Path, threads: int | None, precision: str = "f32", reason: str = ""):
-    """OpenVINO, or ONNX Runtime on the CPU with a warning naming the ops OpenVINO cannot run."""
-    from scopert.runtime.backends.openvino import OpenVinoBackend, UnsupportedOpError
-
-    try:
-        backend = OpenVinoBackend(path, threads=threads, precision=precision)
-    except UnsupportedOpError as exc:
-        from scopert.runtime.backends.ort import OrtBackend
-
-        ops = ", ".join(exc.ops) or "unnamed ops"
-        log.warning("OpenVINO cannot run %s (ops: %s); falling back to ONNX Runtime on the CPU", Path(path).name, ops)
-        backend = OrtBackend(path, device="cpu", threads=threads)
-        backend.info.reason = f"{backend.info.reason}; fallback: OpenVINO cannot run {ops}"
-        return backend
-    if reason:
-        backend.info.reason = f"{backend.info.reason}; chosen because: {reason}"
-    return backend
-
-
-def open_auto(path: str | Path, device: str = "auto", threads: int | None = None, env: Environment | None = None,
-              precision: str = "f32"):
-    """Open the backend ``choose`` picks and log the choice, its precision and why."""
-    choice = choose(path, device, env)
-    if choice.backend == "openvino":
-        from scopert.runtime.backends.measured import open_measured  # issue 16: time ORT vs OpenVINO, cached
-
-        backend = (open_measured(path, threads, choice.reason, precision)
-                   or open_openvino(path, threads, "f32", choice.reason))
-    elif choice.backend == "ort":
-        from scopert.runtime.backends.ort import OrtBackend
-
-        backend = OrtBackend(path, device=choice.device, threads=threads)
-        backend.info.reason = f"{backend.info.reason}; chosen because: {choice.reason}"
-    else:
-        from scopert.runtime.backends.base import REGISTRY
-
-        backend = REGISTRY["trt"].load_opener()(choice.engine_path, device="cuda", threads=threads)
-        backend.info.reason = f"{backend.info.reason}; chosen because: {choice.reason}"
-    if getattr(backend, "measure_pending", False):
-        log.debug("backend auto: decided once precision %s is (ONNX Runtime holds the model meanwhile)", precision)
-    else:
-        log.info("backend auto: %s on %s, precision %s (%s)", backend.info.name, backend.info.device,
-                 backend.info.precision, backend.info.reason)
-    return backend
+def _no_gpu_engine(env: Environment) -> str:
+    return "no GPU" if not env.gpu else "GPU without a TensorRT engine or ORT CUDA provider"

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from scopert.errors import ConfigError, ScopertError
-from scopert.runtime.model import Model, tile_input
+from scopert.runtime.model import Model
+from scopert.runtime.planning import tile_input
 from scopert.runtime.stitch import SlabSink
 from scopert.runtime.tiling import round_up
 
@@ -129,7 +130,8 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
     hold on a loaded machine; each output is compared with ORT's (PSNR). torch is not among them: an ONNX
     file has no torch model (``benchmarks/cpu_engines.py`` adds it)."""
     from scopert.runtime.backends.ort import OrtBackend
-    from scopert.runtime.bf16_gate import cpu_caps, psnr_db
+    from scopert.runtime.cpu import cpu_caps
+    from scopert.runtime.compare import psnr_db
 
     x = _random_batch(model, tile, batch)
     engines: dict[str, Any] = {"ort_fp32": OrtBackend(path, device="cpu")}
@@ -187,7 +189,7 @@ def roofline_rows(path: str | Path, batch_shape: tuple[int, ...], seconds: dict[
     """GFLOP/s and fraction of the measured peak of each timed engine (name ending in its precision:
     ``*_fp32``/``*_f32``, ``*_bf16``, ``*_int8``) on one batch of ``batch_shape``. Needs OpenVINO (it counts
     the FLOPs and measures the peak); without it the note says so and no column is added."""
-    from scopert.runtime.roofline import achieved, count_flops, measure_peak
+    from scopert.runtime.tools.roofline import achieved, count_flops, measure_peak
 
     notes = notes if notes is not None else {}
     try:
