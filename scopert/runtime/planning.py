@@ -99,7 +99,7 @@ class Planner:
         out = dict(self.card.output.scale)
         return {ax: float(out.get(ax, 1.0)) for ax in self.in_layout.tiled}
     def make_plan(self, shape: dict[str, int], tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
-                  window: str = "gaussian", loop: str = "") -> RunPlan:
+                  window: str = "gaussian", loop: str = "", *, quiet: bool = False) -> RunPlan:
         """Plan a run over ``shape`` (tiled axes, slowest first; loop axes first of all).
 
         ``tile`` and ``overlap`` name the model's own axes; loop axes (planes a 2D model runs over) get tiles
@@ -116,7 +116,7 @@ class Planner:
         own = {ax: n for ax, n in shape.items() if ax not in loop}
         if tile is None:
             tiles, why = self.tile_choice(own, batch or (4 if loop else 1), stitch)
-            log.info("default tile %s", why)
+            (log.debug if quiet else log.info)("default tile %s", why)  # quiet: a measurement's tiles, not the run's
         else:
             tiles = _per_axis(tile, own, "tile")
         fixed = self.card.input.fixed
@@ -156,11 +156,11 @@ class Planner:
             norm = fit_normalization(array, self.card.normalization, pmin, pmax)
         return internal, data_axes, norm
     def plan_for(self, internal, data_axes: str, tile=None, overlap=None, stitch: str = "auto",
-                 batch: int | None = None, window: str = "gaussian") -> RunPlan:
+                 batch: int | None = None, window: str = "gaussian", *, quiet: bool = False) -> RunPlan:
         """The run plan for a prepared internal array (loop axes included)."""
         loop, _ = split_loop_axes(data_axes, self.card)
         shape = dict(zip(self.in_layout.with_loop(loop).all_tiled, internal.shape[1:]))
-        return self.make_plan(shape, tile, overlap, stitch, batch, window, loop)
+        return self.make_plan(shape, tile, overlap, stitch, batch, window, loop, quiet=quiet)
     def _check_time_window(self, internal) -> None:
         """A 2D+t model needs at least its time window of frames (the time axis is the last before y, x)."""
         if "t" in self.in_layout.tiled and self.card.input.time_window:
@@ -248,7 +248,7 @@ class Planner:
         if centre_frame_model(self.card):
             return self._window_tiles(array, n, tile, axes)
         internal, data_axes, norm = self.prepare(array, axes)
-        rp = self.plan_for(internal, data_axes, tile, None, "auto", 1)  # a stack under a 2D model: planes are tiles
+        rp = self.plan_for(internal, data_axes, tile, None, "auto", 1, quiet=True)  # a stack under a 2D model: planes
         tiles = list(rp.plan)
         pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
         return [rp.in_layout.to_model(tile_input(internal, norm, rp.plan, t)[None]).astype(np.float32) for t in pick]
@@ -259,7 +259,7 @@ class Planner:
         out = []
         for i in np.linspace(0, movie.shape[0] - 1, min(n, movie.shape[0])).astype(int):
             window = self._normalize_frames(movie[self.frame_window(movie.shape[0], int(i))])
-            rp = self.make_plan(dict(zip(self.in_layout.tiled, window.shape[1:])), tile, None, "auto", 1)
+            rp = self.make_plan(dict(zip(self.in_layout.tiled, window.shape[1:])), tile, None, "auto", 1, quiet=True)
             first = next(iter(rp.plan))
             out.append(rp.in_layout.to_model(tile_input(window, AppliedNormalization(0.0, 1.0), rp.plan, first)[None])
                        .astype(np.float32))
