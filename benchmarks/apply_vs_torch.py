@@ -66,10 +66,10 @@ class TorchEagerBackend(Backend):
 
 def default_run(folder: Path, seed: int = 0) -> Path:
     """A run folder of the default 3D-RCAN with seeded random weights."""
-    from scopert.training.runfolder import save_checkpoint
-    from scopert.training.models.rcan import default_model_config
-    from scopert.training.registry import get_family
-    from scopert.training.runfolder import RunInfo, write_run_info
+    from scopert.training.common.runfolder import save_checkpoint
+    from scopert.training.rcan.model import default_model_config
+    from scopert.training.common.registry import get_family
+    from scopert.training.common.runfolder import RunInfo, write_run_info
 
     info = RunInfo(folder, "rcan", default_model_config(3), {"epochs": 0}, {})
     write_run_info(info)
@@ -91,8 +91,8 @@ def scopert_apply(model_path: Path, inp: Path, out: Path) -> float:
 def torch_apply(run_folder: Path, model_path: Path, inp: Path, out: Path) -> float:
     """Load the checkpoint, run the file through apply with the torch module as the engine; seconds."""
     from scopert.export.onnx_export import read_card
-    from scopert.training.registry import get_family
-    from scopert.training.runfolder import load_model
+    from scopert.training.common.registry import get_family
+    from scopert.training.common.runfolder import load_model
 
     t0 = time.perf_counter()
     info, module = load_model(run_folder)

@@ -35,7 +35,7 @@ RCAN2D = {"ndim": 2, "num_channels": 16, "num_residual_groups": 2, "num_residual
 def make_package(folder: Path) -> Path:
     """A 2D RCAN with random weights, exported and packaged the way a user would (scopert export + package)."""
     from scopert.export import export_run
-    from scopert.export.bioimageio_export import PackageOptions, package_model
+    from scopert.export.bioimageio.package import PackageOptions, package_model
     from tests.export.test_onnx_export import make_run
 
     info = make_run(folder / "run", "rcan", RCAN2D, seed=0)
@@ -67,7 +67,7 @@ def main() -> None:
     from bioimageio.spec import load_description
     from bioimageio.spec.model.v0_5 import AxisId, TensorId
 
-    from scopert.export.bioimageio_import import import_package
+    from scopert.export.bioimageio.importer import import_package
     from scopert.runtime import load
 
     with tempfile.TemporaryDirectory() as tmp:

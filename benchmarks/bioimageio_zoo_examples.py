@@ -34,7 +34,7 @@ def core_predict(package: Path, image: np.ndarray, block: dict[str, int] | None)
     """bioimageio.core's predict on a 2D image: whole (block None) or blockwise."""
     from bioimageio.core import Sample, Tensor, predict
 
-    from scopert.export.bioimageio_import import load_model_description
+    from scopert.export.bioimageio.importer import load_model_description
 
     descr = load_model_description(package)  # format 0.5 (the zoo's 0.4 fixed-shape example converted)
     tid = str(descr.inputs[0].id)
@@ -53,7 +53,7 @@ def errors(got: np.ndarray, ref: np.ndarray, margin: int) -> dict[str, float]:
 
 
 def one(name: str) -> dict:
-    from scopert.export.bioimageio_import import import_package
+    from scopert.export.bioimageio.importer import import_package
     from scopert.runtime import load
 
     src = EXAMPLES / name

@@ -67,11 +67,11 @@ class Care2D(nn.Module):
 
 
 def build_models() -> dict[str, dict]:
-    from scopert.training.models.rcan import build_model as build_rcan
-    from scopert.training.models.rcan import default_model_config
-    from scopert.training.models.unet import build_model as build_unet
-    from scopert.training.models.unet import export_module as unet_export
-    from scopert.training.registry import get_family
+    from scopert.training.rcan.model import build_model as build_rcan
+    from scopert.training.rcan.model import default_model_config
+    from scopert.training.unet.model import build_model as build_unet
+    from scopert.training.unet.model import export_module as unet_export
+    from scopert.training.common.registry import get_family
 
     torch.manual_seed(0)
     rcan = build_rcan(default_model_config(3)).eval()

@@ -101,9 +101,9 @@ def _worker(conn, corpus: dict[str, list[str]], work: str) -> None:
 
 SELFTEST = "_selftest"
 WARM_IMPORTS = ("scopert.runtime.io", "scopert.card", "scopert.runtime.layout", "zarr", "yaml",
-                "scopert.training.rcan_config", "scopert.training.unet_config", "scopert.training.tagan_config",
-                "scopert.training.train_blindspot", "scopert.training.train_cnnt",
-                "scopert.training.importers.cnnt_pt")
+                "scopert.training.rcan.config", "scopert.training.unet.config", "scopert.training.tagan.config",
+                "scopert.training.blindspot.train", "scopert.training.cnnt.train",
+                "scopert.training.cnnt.importer")
 
 
 def _selftest_case(index: int) -> None:

@@ -80,12 +80,12 @@ def real_tiles(name: str, shape: tuple[int, ...], n: int = 4) -> np.ndarray:
 
 
 def segmentation_unet() -> dict:
-    from scopert.training.models.unet import build_model
+    from scopert.training.unet.model import build_model
 
     cfg = {"name": "UNet2D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "num_groups": 8, "num_levels": 3,
            "final_sigmoid": True, "is_segmentation": True}
     torch.manual_seed(0)
-    from scopert.training.registry import get_family
+    from scopert.training.common.registry import get_family
 
     fam = get_family("unet")
     model = build_model(cfg)

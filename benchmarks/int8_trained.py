@@ -35,7 +35,7 @@ from scopert.runtime.timing import time_engines  # noqa: E402
 from scopert.runtime.backends.openvino import OpenVinoBackend  # noqa: E402
 from scopert.runtime.cpu import cpu_caps  # noqa: E402
 from scopert.runtime.compare import psnr_db  # noqa: E402
-from scopert.training.runfolder import load_model  # noqa: E402
+from scopert.training.common.runfolder import load_model  # noqa: E402
 from tests.training.test_isbi_unet2d import N_TRAIN, load_isbi, write_isbi_config  # noqa: E402
 
 DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"
@@ -43,7 +43,7 @@ DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"
 
 def train_w2s_rcan(work: Path, minutes: float) -> tuple[Path, Path]:
     """The W2S RCAN of the slow test; (run folder, held-out noisy slices file)."""
-    from scopert.training.train_rcan import train_rcan_with_result
+    from scopert.training.rcan.train import train_rcan_with_result
 
     noisy = tifffile.imread(DATA / "w2s_8bit_pairs" / "w2s_avg1_noisy.tif")
     clean = tifffile.imread(DATA / "w2s_8bit_pairs" / "w2s_avg400_clean.tif")
@@ -63,7 +63,7 @@ def train_w2s_rcan(work: Path, minutes: float) -> tuple[Path, Path]:
 
 def train_isbi_unet(work: Path, minutes: float) -> tuple[Path, Path]:
     """The ISBI UNet2D of the slow test; (run folder, held-out slices file)."""
-    from scopert.training.train_unet import train_unet_with_result
+    from scopert.training.unet.train import train_unet_with_result
 
     raw, membrane = load_isbi(DATA)
     cfg = write_isbi_config(raw, membrane, work, iters=10_000, time_limit=minutes)

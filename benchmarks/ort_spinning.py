@@ -62,7 +62,7 @@ def export_rcan2d(path: Path) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cpu_engines
 
-    from scopert.training.models.rcan import build_model, default_model_config
+    from scopert.training.rcan.model import build_model, default_model_config
 
     torch.manual_seed(0)
     module = build_model(default_model_config(2)).eval()

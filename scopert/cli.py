@@ -188,30 +188,20 @@ def doctor(gpu_check, calib, reference, save_outputs, compare_saved) -> None:
 
 
 # ---- training, import, export -------------------------------------------------------------------------
-TRAINERS = {
-    "rcan": "scopert.training.train_rcan:train_rcan",
-    "unet": "scopert.training.train_unet:train_unet",
-    "blindspot": "scopert.training.train_blindspot:train_blindspot",
-    "tagan": "scopert.training.train_tagan:train_tagan",
-    "cnnt": "scopert.training.train_cnnt:train_cnnt",
-}
+def _family(name: str):
+    from scopert.training.common.registry import FAMILIES
+
+    return FAMILIES[name]
 
 
-def _entry(spec: str, what: str):
-    """Import ``module:function`` on demand; a family whose module is absent is a clear error."""
-    import importlib
+def _family_names() -> list[str]:
+    from scopert.training.common.registry import FAMILIES
 
-    module, func = spec.split(":")
-    try:
-        return getattr(importlib.import_module(module), func)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise ConfigError(f"{what} is not available in this version of ScopeRT.") from None
-        raise
+    return sorted(FAMILIES)
 
 
 @cli.command()
-@click.argument("family", type=click.Choice(sorted(TRAINERS)))
+@click.argument("family", type=click.Choice(_family_names()))
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True),
               help="The family's config (3D-RCAN config.json keys; pytorch-3dunet YAML; ...).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Run folder.")
@@ -221,12 +211,12 @@ def train(family, config_path, out_dir, no_resume) -> None:
     from scopert.commands.preflight import check_train_args
 
     check_train_args(family, config_path, out_dir, no_resume)  # before torch loads or any data is read
-    info = _entry(TRAINERS[family], f"training for {family!r}")(config_path, out_dir, resume=not no_resume)
+    info = _family(family).load("trainer")(config_path, out_dir, resume=not no_resume)
     click.echo(f"run folder: {info.folder}", err=True)
 
 
 @cli.command(name="import")
-@click.argument("family", type=click.Choice(["rcan", "unet", "blindspot", "tagan", "cnnt", "bioimageio"]))
+@click.argument("family", type=click.Choice(_family_names() + ["bioimageio"]))
 @click.argument("path")
 @click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--config", "config_path", type=click.Path(exists=True),
@@ -253,7 +243,7 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
     the .onnx file to write.
     """
     if family == "bioimageio":  # a bioimage.io package (.zip, rdf.yaml or folder) -> one ScopeRT .onnx
-        from scopert.export.bioimageio_import import import_package
+        from scopert.export.bioimageio.importer import import_package
 
         res = import_package(path, out_dir, weights_format=weights_format, trust_package=trust_package)
         click.echo(f"{res.path}: {res.weights} weights; vs the package's test output max abs "
@@ -263,28 +253,11 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
         raise ConfigError("--weights and --trust-package apply to bioimage.io packages (scopert import bioimageio).")
     if not Path(path).exists():
         raise InputError(f"{path} does not exist; check the path.")
-    if family in ("unet", "cnnt") and not config_path:
+    entry = _family(family)
+    if entry.needs_config and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
-    if family == "rcan":
-        from scopert.training.importers.keras_rcan import import_keras_rcan
-
-        info = import_keras_rcan(path, out_dir)
-    elif family == "unet":
-        from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
-
-        info = import_pytorch3dunet(path, config_path, out_dir, trust=trust)
-    elif family == "blindspot":
-        from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
-
-        info = import_lightning_blindspot(path, out_dir, model=model_name, frames=frames, trust=trust)
-    elif family == "tagan":
-        from scopert.training.importers.tagan_pth import import_tagan
-
-        info = import_tagan(path, out_dir, net_s=net_s, opt_txt=opt_txt, trust=trust)
-    else:
-        from scopert.training.importers.cnnt_pt import import_cnnt
-
-        info = import_cnnt(path, config_path, out_dir, trust=trust)
+    info = entry.load("importer")(path, out_dir, config=config_path, model_name=model_name, frames=frames,
+                                  net_s=net_s, opt_txt=opt_txt, trust=trust)
     click.echo(f"imported {family} into {info.folder}", err=True)
 
 

@@ -164,7 +164,7 @@ def run_demo(out_dir: str | Path = "demo_out", data: str | Path | None = None, m
              seed: int = 0, say: Callable[[str], None] = print) -> DemoReport:
     from scopert.export import export_run
     from scopert.runtime import load
-    from scopert.training.train_rcan import train_rcan
+    from scopert.training.rcan.train import train_rcan
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 These are the numbers reports and tests quote for restored images. They work on whole 2D (YX) or 3D (ZYX)
 arrays, with no batch or channel axis. Imports only numpy and scipy: never torch or onnx, so the
 runtime-free report code can use them. The training-time (torch) twins live in
-``scopert.training.losses`` and follow the same definitions.
+``scopert.training.rcan.losses`` and follow the same definitions.
 """
 
 from __future__ import annotations

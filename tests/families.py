@@ -15,7 +15,7 @@ import torch
 
 
 def _cnnt(tmp_path):
-    from scopert.training.importers.cnnt_pt import import_cnnt
+    from scopert.training.cnnt.importer import import_cnnt
     from tests.training.test_cnnt_import import SEED_JSON, _seed_files
 
     _, pt, js = _seed_files(tmp_path, SEED_JSON)
@@ -23,7 +23,7 @@ def _cnnt(tmp_path):
 
 
 def _keras_rcan(tmp_path, ndim):
-    from scopert.training.importers.keras_rcan import import_keras_rcan
+    from scopert.training.rcan.importer import import_keras_rcan
     from tests.training.test_keras_rcan_import import keras_rcan_config, write_keras_file
 
     shape = (6, 10, 12) if ndim == 3 else (10, 12)
@@ -34,7 +34,7 @@ def _keras_rcan(tmp_path, ndim):
 
 
 def _unet(tmp_path):
-    from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
+    from scopert.training.unet.importer import import_pytorch3dunet
     from tests.training.test_unet_import import MODEL_SECTION, _seed_model, _write_seed_checkpoint, _write_yaml
 
     ckpt = _write_seed_checkpoint(tmp_path / "best_checkpoint.pytorch", _seed_model(MODEL_SECTION))
@@ -42,7 +42,7 @@ def _unet(tmp_path):
 
 
 def _blindspot(tmp_path):
-    from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
+    from scopert.training.blindspot.importer import import_lightning_blindspot
     from tests.training.test_blindspot_import import _shine, _write_lightning_checkpoint
 
     model = _shine({"name": "3x3_blind", "frame_num": 3, "filter": 8})
@@ -50,8 +50,8 @@ def _blindspot(tmp_path):
 
 
 def _tagan(tmp_path):
-    from scopert.training.importers.tagan_pth import import_tagan
-    from scopert.training.models import tagan
+    from scopert.training.tagan.importer import import_tagan
+    from scopert.training.tagan import model as tagan
     from tests.training.test_tagan_import import _opt, _randomize
 
     g = _randomize(tagan.build_model({"ngf": 8}), 1)

@@ -2,7 +2,7 @@
 
 A separate command rather than an ``export`` option: it packages any ScopeRT ONNX (exported, imported or
 FP16-free), needs a real sample image and the ``bioimageio`` extra, and runs bioimageio.core's test_model
-before writing. Thin: parses options and calls ``scopert.export.bioimageio_export.package_model``.
+before writing. Thin: parses options and calls ``scopert.export.bioimageio.package.package_model``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import click
 @click.option("--tag", "tags", multiple=True, help="Extra tags.")
 def package(model_path, out_path, sample, name, description, authors, license_id, cite_text, cite_doi, tags) -> None:
     """Write a bioimage.io package (Fiji/deepImageJ, ilastik, napari, bioimageio.core) of MODEL.onnx."""
-    from scopert.export.bioimageio_export import PackageOptions, package_model
+    from scopert.export.bioimageio.package import PackageOptions, package_model
 
     options = PackageOptions(name=name, description=description, authors=authors, license=license_id,
                              cite_text=cite_text, cite_doi=cite_doi, tags=tags)

@@ -249,8 +249,8 @@ def check_train_args(family: str, config_path: str | os.PathLike, out_dir: str |
                      no_resume: bool) -> None:
     """``scopert train``: a parseable config, a run folder that can be written (and may be, with --no-resume)
     and room for its checkpoints; before torch is imported or any training data is read."""
-    from scopert.training.config_file import read_config_file
-    from scopert.training.runfolder import previous_run
+    from scopert.training.common.config_file import read_config_file
+    from scopert.training.common.runfolder import previous_run
 
     read_config_file(config_path, f"the {family} training config (-c)")
     out = check_output_folder(out_dir, "-o")
@@ -265,8 +265,8 @@ def check_export_args(run_folder: str | os.PathLike, out_path: str | os.PathLike
                       calib: Iterable[str], safety_factor: float) -> None:
     """``scopert export``: a run folder with a checkpoint, an .onnx target that can be written (the FP16 one
     too), a usable opset and --fp16 options; before torch is imported or the model is traced."""
-    from scopert.export.onnx_export import _check_opset
-    from scopert.training.runfolder import read_run_info
+    from scopert.export.onnx_export import check_opset
+    from scopert.training.common.runfolder import read_run_info
 
     try:
         info = read_run_info(run_folder)
@@ -276,7 +276,7 @@ def check_export_args(run_folder: str | os.PathLike, out_path: str | os.PathLike
     if not ckpt.is_file():
         raise InputError(f"RUN_FOLDER {run_folder} has no checkpoint ({ckpt} is missing); train longer than one "
                          "epoch, or import a checkpoint with `scopert import`.")
-    _check_opset(opset)
+    check_opset(opset)
     calib = list(calib)
     if calib and not fp16:
         raise ConfigError("--calib feeds the CPU gates and the FP16 plan, and --no-cpu-gates without --fp16 uses "

@@ -1,7 +1,9 @@
 """Export stage: PyTorch run folder -> one verified, self-contained ONNX file carrying its ModelCard.
 
-Imports ``scopert.training`` (the model registry) and ``scopert.card``; must not import ``scopert.runtime``.
-The submodules import torch/onnx lazily where they can, so importing this package stays cheap.
+Imports ``scopert.training`` (the family registry), ``scopert.card``, and the lean runtime to verify what it
+writes (ONNX Runtime and OpenVINO against PyTorch, the CPU gates, calibration tiles cut the runtime's way); the
+runtime never imports the export stage. ``bioimageio/`` holds both directions of bioimage.io. The submodules
+import torch/onnx lazily where they can, so importing this package stays cheap.
 """
 
 from __future__ import annotations

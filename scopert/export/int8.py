@@ -120,7 +120,7 @@ def record_cpu_gates(onnx_path: str | Path, calib: Sequence[str | os.PathLike] |
     """Measure the bf16 gate (and INT8 when asked) on real tiles and write them into the ONNX file's card."""
     import onnx
 
-    from scopert.export.onnx_export import _write_atomic, read_card
+    from scopert.export.onnx_export import write_onnx, read_card
     from scopert.export.precision import load_calibration
 
     onnx_path = Path(onnx_path)
@@ -132,5 +132,5 @@ def record_cpu_gates(onnx_path: str | Path, calib: Sequence[str | os.PathLike] |
     card.precision.update(gates)
     proto = onnx.load(str(onnx_path))
     card.embed(proto)
-    _write_atomic(proto, onnx_path)
+    write_onnx(proto, onnx_path)
     return gates

@@ -1,6 +1,6 @@
 """Export a run folder's model to one self-contained ONNX file with its ModelCard, verified against PyTorch.
 
-Steps: load the model (``scopert.training.runfolder.load_model``), trace ``family.export_module`` (or the
+Steps: load the model (``scopert.training.common.runfolder.load_model``), trace ``family.export_module`` (or the
 model) with the TorchScript exporter (``dynamo=False``: it needs no onnxscript and writes no external data)
 with dynamic batch, time and spatial axes; ``onnx.checker`` (full check); the graph sanitized with Polygraphy
 (``scopert.export.sanitize``: constants folded, unused nodes and initializers removed, shapes inferred; its
@@ -56,11 +56,11 @@ def export_run(
     """
     import torch
 
-    from scopert.training.registry import get_family
-    from scopert.training.runfolder import load_model
+    from scopert.training.common.registry import get_family
+    from scopert.training.common.runfolder import load_model
 
     out_path = _check_out_path(out_path)
-    _check_opset(opset)
+    check_opset(opset)
     info, model = load_model(run_folder)
     family = get_family(info.family)
     cfg = info.model_config
@@ -73,9 +73,9 @@ def export_run(
     _check_shapes(shapes, card)
 
     with torch.no_grad():
-        proto = _export_onnx(module, card, shapes[0], opset, seed)
+        proto = trace_onnx(module, card, shapes[0], opset, seed)
     proto, cleaned = _sanitize_checked(proto, card, shapes[0], seed, out_path.name, atol)
-    verification = _verify(proto, module, card, shapes, atol, seed)
+    verification = verify_against_torch(proto, module, card, shapes, atol, seed)
     verification["openvino"] = cleaned.pop("openvino")
     verification["sanitize"] = cleaned
     rf = _measure(module, card, seed) if halo_hint is None else declared_receptive_field(halo_hint, card.input.axes)
@@ -96,7 +96,7 @@ def export_run(
     card.validate(where=str(out_path))
 
     card.embed(proto)
-    _write_atomic(proto, out_path, sanitize=False)  # sanitized above, before the verification
+    write_onnx(proto, out_path, sanitize=False)  # sanitized above, before the verification
     log.info("exported %s: max |onnx - torch| = %.3g, halo %s, tile_invariant=%s", out_path,
              verification["max_abs_error"], card.halo, card.tile_invariant)
     return card
@@ -163,7 +163,7 @@ def _check_out_path(out_path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_opset(opset: int) -> None:
+def check_opset(opset: int) -> None:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ConfigError(
             f"opset must be an integer >= {MIN_OPSET}, got {opset!r}. Use 17 (TensorRT 10/11 parse opsets 9-24)."
@@ -200,7 +200,7 @@ def _check_shapes(shapes: list[tuple[int, ...]], card: ModelCard) -> None:
 
 
 # ---- export ------------------------------------------------------------------------------------------
-def _export_onnx(module: Any, card: ModelCard, shape: tuple[int, ...], opset: int, seed: int) -> Any:
+def trace_onnx(module: Any, card: ModelCard, shape: tuple[int, ...], opset: int, seed: int) -> Any:
     """Trace to ONNX in memory and run the full checker; returns the ModelProto."""
     import onnx
     import torch
@@ -218,7 +218,7 @@ def _export_onnx(module: Any, card: ModelCard, shape: tuple[int, ...], opset: in
         do_constant_folding=True,
     )
     if opset > TORCHSCRIPT_MAX_OPSET:
-        kwargs.update(dynamo=True, external_data=False)  # needs onnxscript, checked in _check_opset
+        kwargs.update(dynamo=True, external_data=False)  # needs onnxscript, checked in check_opset
     else:
         kwargs.update(dynamo=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -267,7 +267,7 @@ def _sample(card: ModelCard, shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 # ---- verification -------------------------------------------------------------------------------------
-def _verify(proto: Any, module: Any, card: ModelCard, shapes: list[tuple[int, ...]], atol: float,
+def verify_against_torch(proto: Any, module: Any, card: ModelCard, shapes: list[tuple[int, ...]], atol: float,
             seed: int) -> dict[str, Any]:
     """Run ONNX Runtime (CPU) and PyTorch on every shape; fail if any max abs error exceeds ``atol``."""
     import onnxruntime as ort
@@ -408,7 +408,7 @@ def _ort_run(proto: Any, card: ModelCard, x: np.ndarray) -> np.ndarray:
 
 
 # ---- writing -------------------------------------------------------------------------------------------
-def _write_atomic(proto: Any, out_path: Path, sanitize: bool = True) -> None:
+def write_onnx(proto: Any, out_path: Path, sanitize: bool = True) -> None:
     """Serialize to ``<out>.tmp`` and rename: an interrupted export never leaves half a model.
 
     ``sanitize``: clean the graph with Polygraphy first (every ONNX ``export`` writes loads in ONNX Runtime

@@ -768,7 +768,7 @@ def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cali
     """
     import onnx
 
-    from scopert.export.onnx_export import _write_atomic, read_card
+    from scopert.export.onnx_export import write_onnx, read_card
 
     src, out = Path(onnx_path), Path(out_path)
     if out.suffix.lower() != ".onnx" or out.resolve() == src.resolve():
@@ -811,7 +811,7 @@ def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cali
         onnx.checker.check_model(fp16, full_check=True)
     except Exception as exc:
         raise RunError(f"the FP16 graph fails onnx.checker ({exc}); report this with the model.") from exc
-    _write_atomic(fp16, out)
+    write_onnx(fp16, out)
     log.info("FP16 %s: %d FP16 / %d FP32 nodes in %d islands, PSNR %.1f dB vs FP32, %d NaN/Inf; %s", out,
              len(plan.fp16_nodes), len(plan.fp32_nodes), len(plan.islands), report.psnr_db, report.nonfinite_fp16,
              describe_half(report.torch_half))

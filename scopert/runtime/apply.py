@@ -488,7 +488,7 @@ def _compose(job: ApplyJob, array: np.ndarray, gt_array: np.ndarray | None, prog
     model, opts = job.model, job.opts
     norm = fit_normalization(array, model.card.normalization, opts.p_min, opts.p_max)
     restored = model.predict(array, opts.tile, opts.overlap, opts.stitch, opts.batch, axes=job.data_axes,
-                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress)
+                             pmin=opts.p_min, pmax=opts.p_max, window=opts.window, progress=progress, norm=norm)
     channels = {"restored": _sink_view(restored, model.output_axes(job.data_axes), job.sink_axes)}
     if _same_grid(model.card):
         raw = _sink_view(array, job.data_axes, job.sink_axes)

@@ -89,11 +89,13 @@ class Model(Planner):
         return stats
     def predict(self, array: np.ndarray, tile=None, overlap=None, stitch: str = "auto", batch: int | None = None,
                 *, axes: str | None = None, pmin: float | None = None, pmax: float | None = None,
-                window: str = "gaussian", progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Restore a whole array (2D, 3D or 2D+t, with or without a channel axis) tile by tile."""
+                window: str = "gaussian", progress: Callable[[int], None] | None = None,
+                norm: AppliedNormalization | None = None) -> np.ndarray:
+        """Restore a whole array (2D, 3D or 2D+t, with or without a channel axis) tile by tile. ``norm``: the
+        normalization already fitted on this array (a caller that also needs it is not made to fit it twice)."""
         if centre_frame_model(self.card):
             return self._predict_frames(array, tile, overlap, stitch, batch, axes, window, progress)
-        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax)
+        internal, data_axes, norm = self.prepare(array, axes, pmin, pmax, norm=norm)
         self._check_time_window(internal)
         rp = self.plan_for(internal, data_axes, tile, overlap, stitch, batch, window)
         out = np.empty(self.output_shape(internal.shape), np.float32)

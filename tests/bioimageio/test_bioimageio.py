@@ -27,8 +27,8 @@ from bioimageio.spec.utils import read_yaml, write_yaml  # noqa: E402
 
 from scopert.card import ModelCard  # noqa: E402
 from scopert.export import export_run  # noqa: E402
-from scopert.export.bioimageio_export import SEEDS, PackageOptions, package_model, size_parameters  # noqa: E402
-from scopert.export.bioimageio_import import import_package  # noqa: E402
+from scopert.export.bioimageio.package import SEEDS, PackageOptions, package_model, size_parameters  # noqa: E402
+from scopert.export.bioimageio.importer import import_package  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 from tests.bioimageio import foreign_package  # noqa: E402
 from tests.export.test_onnx_export import make_run  # noqa: E402
@@ -155,7 +155,7 @@ def test_package_preprocessing_follows_the_card(packages):
 
 def test_package_refuses_runtime_postprocessing_and_writes_nothing(packages, tmp_path, data_dir):
     from scopert.errors import CardError
-    from scopert.export.bioimageio_export import check_packable
+    from scopert.export.bioimageio.package import check_packable
 
     card = ModelCard.from_json(packages[1]["rcan2d"][0].to_json())
     card.postprocess = {"kind": "minmax_to_centre_frame"}

@@ -19,7 +19,7 @@ from bioimageio.spec.model import v0_5  # noqa: E402
 from bioimageio.spec.utils import read_yaml, write_yaml  # noqa: E402
 
 from scopert.errors import CheckpointError  # noqa: E402
-from scopert.export.bioimageio_import import import_package, load_model_description  # noqa: E402
+from scopert.export.bioimageio.importer import import_package, load_model_description  # noqa: E402
 from scopert.runtime import load  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def test_the_fixed_shape_package_reproduces_its_test_output_on_every_engine(offl
     assert all(e["max_abs_error"] <= limit for e in engines.values()), engines
     # the bytes on disk are the graph that was verified
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    from scopert.export.bioimageio_export import normalize_whole
+    from scopert.export.bioimageio.package import normalize_whole
 
     written = session.run(None, {session.get_inputs()[0].name: normalize_whole(card, x.astype(np.float32))})[0]
     assert float(np.max(np.abs(written - expected))) == pytest.approx(res.max_abs_error, abs=1e-7)

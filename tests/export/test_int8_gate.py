@@ -57,7 +57,7 @@ def test_unet_cards_say_segmentation_so_int8_is_judged_by_dice(model_config, seg
     """A pytorch-3dunet segmentation export ends in its activation: the INT8 gate must use the Dice rule (the
     ISBI U-Net was judged by PSNR before, because only training_config['model'] said so)."""
     from scopert.export.int8 import is_segmentation
-    from scopert.training.models.unet import card_fields
+    from scopert.training.unet.model import card_fields
 
     fields = card_fields(model_config)
     card = ModelCard(family="unet", name="u", input=TensorSpec(**fields["input"]),

@@ -16,9 +16,9 @@ from torch import nn
 from scopert.card import card_from_metadata
 from scopert.errors import CardError, CheckpointError, ConfigError, InputError, OutputError, RunError
 from scopert.export import export_run, read_card
-from scopert.training.registry import Family, register
+from scopert.training.common.registry import Family, register
 from scopert.checksum import sha256_file
-from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
+from scopert.training.common.runfolder import RunInfo, save_checkpoint, write_run_info
 
 
 # ---- tiny families, registered under names no real family uses ----------------------------------------
@@ -103,7 +103,7 @@ SCALED = register(Family(
 
 def make_run(folder: Path, family: str, cfg: dict | None = None, seed: int = 0, checkpoint: bool = True) -> RunInfo:
     """A run folder with random weights, as training or an importer would leave it."""
-    from scopert.training.registry import get_family
+    from scopert.training.common.registry import get_family
 
     info = RunInfo(folder, family, dict(cfg or {}), {"epochs": 0}, {})
     write_run_info(info)
@@ -115,7 +115,7 @@ def make_run(folder: Path, family: str, cfg: dict | None = None, seed: int = 0, 
 
 
 def _torch_reference(info: RunInfo, x: np.ndarray) -> np.ndarray:
-    from scopert.training.runfolder import load_model
+    from scopert.training.common.runfolder import load_model
 
     _, model = load_model(info.folder)
     with torch.no_grad():
@@ -221,10 +221,10 @@ def test_read_card_errors(tmp_path):
 
 
 # ---- the real RCAN family, small -----------------------------------------------------------------------
-rcan_missing = importlib.util.find_spec("scopert.training.models.rcan") is None
+rcan_missing = importlib.util.find_spec("scopert.training.rcan.model") is None
 
 
-@pytest.mark.skipif(rcan_missing, reason="scopert.training.models.rcan not written yet")
+@pytest.mark.skipif(rcan_missing, reason="scopert.training.rcan.model not written yet")
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_export_small_rcan(tmp_path, ndim):
     cfg = {"ndim": ndim, "num_channels": 8, "num_residual_groups": 2, "num_residual_blocks": 1,

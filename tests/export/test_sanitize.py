@@ -76,7 +76,7 @@ def test_sanitize_removes_what_ort_warns_about_and_keeps_outputs(tmp_path, capfd
 
 
 def test_a_graph_polygraphy_cannot_sanitize_is_refused_and_nothing_written(tmp_path):
-    from scopert.export.onnx_export import _write_atomic
+    from scopert.export.onnx_export import write_onnx
 
     k = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "k")
     graph = helper.make_graph(
@@ -86,13 +86,13 @@ def test_a_graph_polygraphy_cannot_sanitize_is_refused_and_nothing_written(tmp_p
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)])
     model.ir_version = 8
     with pytest.raises(InputError, match="cannot sanitize custom.onnx .*com.acme:Frob.*export_module"):
-        _write_atomic(model, tmp_path / "custom.onnx")
+        write_onnx(model, tmp_path / "custom.onnx")
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     del broken.graph.node[0]
     broken.graph.node[0].input[1] = "ghost"  # a tensor nothing produces
     with pytest.raises(InputError, match="broken.onnx is not a valid graph.*not output of any previous nodes.*Re-export"):
-        _write_atomic(broken, tmp_path / "broken.onnx")
+        write_onnx(broken, tmp_path / "broken.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -107,7 +107,7 @@ def main() -> None:
 
         onnxruntime.InferenceSession.run = fault.wrap(onnxruntime.InferenceSession.run)
     elif hook == "train_step":
-        from scopert.training.trainer import Trainer
+        from scopert.training.common.trainer import Trainer
 
         Trainer.train_step = fault.wrap(Trainer.train_step)
     elif hook == "trt_build":

@@ -83,7 +83,7 @@ def _zarr_seeds(data: Path, out: Path) -> list[Path]:
 def _card_seeds(out: Path) -> list[Path]:
     """One card per family, as ``card_fields`` makes them, with export's halo, verification and precision."""
     from scopert.card import ModelCard
-    from scopert.training.registry import get_family
+    from scopert.training.common.registry import get_family
 
     configs = {"rcan": {}, "blindspot": {}, "tagan": {}, "cnnt": {},
                "unet": {"name": "UNet3D", "in_channels": 1, "out_channels": 2, "f_maps": 8, "num_levels": 3}}

@@ -75,7 +75,7 @@ def _config_reader(module: str, function: str) -> Callable[[Path], None]:
 
 
 def _read_cnnt_seed(path: Path) -> None:
-    from scopert.training.importers.cnnt_pt import model_config_from_seed, read_seed_config
+    from scopert.training.cnnt.importer import model_config_from_seed, read_seed_config
 
     model_config_from_seed(read_seed_config(path), str(path))
 
@@ -94,11 +94,11 @@ READERS: dict[str, Reader] = {r.name: r for r in (
     Reader("hdf5", "bytes", _read_array_like_runtime),
     Reader("zarr", "zarr", _read_array_like_runtime),
     Reader("card", "document", _read_card),
-    Reader("rcan_config", "document", _config_reader("scopert.training.rcan_config", "load_rcan_config")),
-    Reader("unet_config", "document", _config_reader("scopert.training.unet_config", "load_unet_config")),
-    Reader("tagan_config", "document", _config_reader("scopert.training.tagan_config", "load_tagan_config")),
-    Reader("shine_config", "document", _config_reader("scopert.training.train_blindspot", "load_blindspot_config")),
-    Reader("cnnt_config", "document", _config_reader("scopert.training.train_cnnt", "load_cnnt_config")),
+    Reader("rcan_config", "document", _config_reader("scopert.training.rcan.config", "load_rcan_config")),
+    Reader("unet_config", "document", _config_reader("scopert.training.unet.config", "load_unet_config")),
+    Reader("tagan_config", "document", _config_reader("scopert.training.tagan.config", "load_tagan_config")),
+    Reader("shine_config", "document", _config_reader("scopert.training.blindspot.train", "load_blindspot_config")),
+    Reader("cnnt_config", "document", _config_reader("scopert.training.cnnt.train", "load_cnnt_config")),
     Reader("cnnt_seed_config", "document", _read_cnnt_seed),
 )}
 

@@ -20,8 +20,8 @@ from scopert.errors import InputError
 from scopert.export import export_run
 from scopert.runtime import load
 from scopert.runtime.model import Model
-from scopert.training.models.blindspot import STRUCTURAL_HALO, build_model
-from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
+from scopert.training.blindspot.model import STRUCTURAL_HALO, build_model
+from scopert.training.common.runfolder import RunInfo, save_checkpoint, write_run_info
 
 MODEL = {"name": "3x3_blind", "frame_num": 3, "filter": 8, "in_channels": 1, "out_channels": 1, "pad_mode": "seed"}
 

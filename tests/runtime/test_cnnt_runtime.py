@@ -16,8 +16,8 @@ import torch
 
 from scopert.export.onnx_export import export_run
 from scopert.runtime.loader import load
-from scopert.training.models import cnnt
-from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
+from scopert.training.cnnt import model as cnnt
+from scopert.training.common.runfolder import RunInfo, save_checkpoint, write_run_info
 
 T = 4
 

@@ -301,7 +301,7 @@ def test_valid_cards_still_load(corpus):
 def test_unet_config_path_too_long_is_config_error(corpus, tmp_path):
     import yaml
 
-    from scopert.training.unet_config import load_unet_config
+    from scopert.training.unet.config import load_unet_config
 
     doc = yaml.safe_load(corpus["unet_config"][0].read_text())
     doc["loaders"]["train"]["file_paths"] = ["a" * 5000]
@@ -319,7 +319,7 @@ def test_unet_config_path_too_long_is_config_error(corpus, tmp_path):
     ("lr", float("nan"), r"learning_rate must be a finite number, got nan"),
 ])
 def test_shine_config_of_wrong_type_is_config_error(corpus, tmp_path, key, value, message):
-    from scopert.training.train_blindspot import load_blindspot_config
+    from scopert.training.blindspot.train import load_blindspot_config
 
     doc = json.loads(next(p for p in corpus["shine_config"] if p.suffix == ".json").read_text())
     doc[key] = value
@@ -336,7 +336,7 @@ def test_shine_config_of_wrong_type_is_config_error(corpus, tmp_path, key, value
     ("num_epochs", "30", r"num_epochs must be an integer, got '30'"),
 ])
 def test_cnnt_config_of_wrong_type_is_config_error(corpus, tmp_path, key, value, message):
-    from scopert.training.train_cnnt import load_cnnt_config
+    from scopert.training.cnnt.train import load_cnnt_config
 
     doc = json.loads(corpus["cnnt_config"][0].read_text())
     doc[key] = value
@@ -353,7 +353,7 @@ def test_cnnt_config_of_wrong_type_is_config_error(corpus, tmp_path, key, value,
     ("n_head", 2.0, r"n_head must be an integer, got 2\.0"),  # was 'float modulo' ZeroDivisionError for 0.0
 ])
 def test_cnnt_seed_config_of_wrong_value_is_config_error(corpus, tmp_path, key, value, message):
-    from scopert.training.importers.cnnt_pt import model_config_from_seed, read_seed_config
+    from scopert.training.cnnt.importer import model_config_from_seed, read_seed_config
 
     doc = json.loads(corpus["cnnt_seed_config"][0].read_text())
     doc[key] = value
@@ -364,7 +364,7 @@ def test_cnnt_seed_config_of_wrong_value_is_config_error(corpus, tmp_path, key, 
 
 
 def test_config_that_is_not_utf8_or_nests_too_deep_is_config_error(tmp_path):
-    from scopert.training.rcan_config import load_rcan_config
+    from scopert.training.rcan.config import load_rcan_config
 
     path = tmp_path / "c.json"
     path.write_bytes(b'{"epochs": 3\xff}')

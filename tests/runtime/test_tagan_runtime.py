@@ -17,10 +17,10 @@ import torch
 
 from scopert.export import export_run
 from scopert.runtime import load
-from scopert.training.models import tagan
-from scopert.training.runfolder import load_model
-from scopert.training.tagan_data import degrade
-from scopert.training.train_tagan import train_tagan
+from scopert.training.tagan import model as tagan
+from scopert.training.common.runfolder import load_model
+from scopert.training.tagan.data import degrade
+from scopert.training.tagan.train import train_tagan
 
 
 @pytest.fixture(autouse=True, scope="module")

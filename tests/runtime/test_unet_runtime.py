@@ -15,8 +15,8 @@ import torch
 
 from scopert.export.onnx_export import export_run
 from scopert.runtime import load
-from scopert.training.models.unet import build_model
-from scopert.training.runfolder import RunInfo, save_checkpoint, write_run_info
+from scopert.training.unet.model import build_model
+from scopert.training.common.runfolder import RunInfo, save_checkpoint, write_run_info
 
 UNET3D = {"name": "UNet3D", "in_channels": 1, "out_channels": 2, "layer_order": "gcr", "f_maps": 8,
           "num_groups": 4, "num_levels": 3, "final_sigmoid": False, "is_segmentation": True}

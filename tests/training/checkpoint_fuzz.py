@@ -99,7 +99,7 @@ def build_base(reader: str, folder: Path) -> dict[str, Any]:
                                                                                 "filter": 8}))
         return {"files": _with_legacy(zipped)}
     if reader == "tagan_pth":
-        from scopert.training.models import tagan
+        from scopert.training.tagan import model as tagan
         from tests.training.test_tagan_import import _opt
 
         net = tagan.build_model({"role": "generator", "arch": "resnet_6blocks", "input_nc": 1, "output_nc": 1,
@@ -108,7 +108,7 @@ def build_base(reader: str, folder: Path) -> dict[str, Any]:
         torch.save(net.state_dict(), zipped)
         return {"files": _with_legacy(zipped), "opt": _opt(folder, ngf=4, netG="resnet_6blocks")}
     if reader == "cnnt_pt":
-        from scopert.training.models import cnnt
+        from scopert.training.cnnt import model as cnnt
         from tests.training.test_cnnt_import import SEED_JSON
 
         seed_json = {**SEED_JSON, "blocks": [4, 8], "height": [16], "width": [16], "time": 3}
@@ -148,22 +148,22 @@ def run_import(reader: str, base: dict[str, Any], path: Path, out: Path, variant
 
         os.kill(os.getpid(), signal.SIGSEGV)
     if reader == "keras_rcan":
-        from scopert.training.importers.keras_rcan import import_keras_rcan
+        from scopert.training.rcan.importer import import_keras_rcan
 
         return import_keras_rcan(path, out)
     if reader == "pytorch3dunet":
-        from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
+        from scopert.training.unet.importer import import_pytorch3dunet
 
         return import_pytorch3dunet(path, base["yaml"], out)
     if reader == "lightning_blindspot":
-        from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
+        from scopert.training.blindspot.importer import import_lightning_blindspot
 
         return import_lightning_blindspot(path, out)
     if reader == "tagan_pth":
-        from scopert.training.importers.tagan_pth import import_tagan
+        from scopert.training.tagan.importer import import_tagan
 
         return import_tagan(path, out, opt_txt=base["opt"] if variant % 2 else None)  # opt.txt, or inferred
-    from scopert.training.importers.cnnt_pt import import_cnnt
+    from scopert.training.cnnt.importer import import_cnnt
 
     return import_cnnt(path, base["json"], out)
 
@@ -417,7 +417,7 @@ def make_case(reader: str, base: dict[str, Any], seed: int, index: int, folder: 
 def run_case(reader: str, base: dict[str, Any], seed: int, index: int, work: Path) -> CaseResult:
     """Build and run one case in this process (the worker, or a debugging session)."""
     from scopert.errors import ScopertError
-    from scopert.training.runfolder import RUN_FILE, load_model
+    from scopert.training.common.runfolder import RUN_FILE, load_model
 
     case_dir = work / f"case-{index}"
     case_dir.mkdir(parents=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from scopert.errors import CheckpointError, ConfigError
-from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
-from scopert.training.models.blindspot import build_model, export_module
-from scopert.training.models.unet import build_model as build_unet
-from scopert.training.runfolder import load_model
+from scopert.training.blindspot.importer import import_lightning_blindspot
+from scopert.training.blindspot.model import build_model, export_module
+from scopert.training.unet.model import build_model as build_unet
+from scopert.training.common.runfolder import load_model
 
 
 def _shine(cfg, seed=0):

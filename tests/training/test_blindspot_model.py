@@ -7,7 +7,7 @@ import torch
 
 from scopert.card import ModelCard
 from scopert.errors import ConfigError
-from scopert.training.models.blindspot import (
+from scopert.training.blindspot.model import (
     build_model,
     card_fields,
     export_module,
@@ -15,7 +15,7 @@ from scopert.training.models.blindspot import (
     ring_dilations,
     ring_kernel,
 )
-from scopert.training.registry import get_family
+from scopert.training.common.registry import get_family
 
 # seeds.md section 4.2 (frame_num 5, filter 64)
 SEED_TABLE = {

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from scopert.errors import ConfigError, InputError
-from scopert.training.frames_data import (
+from scopert.training.blindspot.data import (
     FrameAugment,
     FrameSampler,
     load_frames,
@@ -17,7 +17,7 @@ from scopert.training.frames_data import (
     window_indices,
     zscore_frames,
 )
-from scopert.training.train_blindspot import load_blindspot_config
+from scopert.training.blindspot.train import load_blindspot_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from scopert.export.receptive_field import declared_receptive_field, measure_receptive_field
 from scopert.errors import ConfigError
-from scopert.training.models.blindspot import STRUCTURAL_HALO, SHINEExport, build_model
+from scopert.training.blindspot.model import STRUCTURAL_HALO, SHINEExport, build_model
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 from scopert.errors import ConfigError, InputError
-from scopert.training.train_blindspot import train_blindspot, train_blindspot_with_result
+from scopert.training.blindspot.train import train_blindspot, train_blindspot_with_result
 
 
 def _config(data, **kw):

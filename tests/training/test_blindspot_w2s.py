@@ -18,7 +18,7 @@ import tifffile
 from scopert.export import export_run
 from scopert.metrics import scale_invariant_psnr
 from scopert.runtime import load
-from scopert.training.train_blindspot import train_blindspot_with_result
+from scopert.training.blindspot.train import train_blindspot_with_result
 
 TRAIN_SLICES = list(range(0, 9))
 TEST_SLICES = (9, 10, 11)

@@ -21,7 +21,7 @@ import tifffile
 from scopert.export.onnx_export import export_run
 from scopert.metrics import psnr
 from scopert.runtime.loader import load
-from scopert.training.train_cnnt import train_cnnt_with_result
+from scopert.training.cnnt.train import train_cnnt_with_result
 
 log = logging.getLogger(__name__)
 

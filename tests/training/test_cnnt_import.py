@@ -10,9 +10,9 @@ import tifffile
 import torch
 
 from scopert.errors import CheckpointError, ConfigError
-from scopert.training.importers.cnnt_pt import import_cnnt
-from scopert.training.models import cnnt
-from scopert.training.runfolder import load_model
+from scopert.training.cnnt.importer import import_cnnt
+from scopert.training.cnnt import model as cnnt
+from scopert.training.common.runfolder import load_model
 
 SEED_JSON = {  # a subset of the seed's dict(config): architecture plus options the importer must ignore
     "blocks": [8, 16],

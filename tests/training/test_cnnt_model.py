@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from scopert.card import ModelCard
 from scopert.errors import ConfigError
-from scopert.training.models import cnnt
-from scopert.training.registry import get_family
+from scopert.training.cnnt import model as cnnt
+from scopert.training.common.registry import get_family
 
 SMALL = {"blocks": [8, 16], "blocks_per_set": 1, "n_head": 4, "height": 32, "width": 32, "time": 4}
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from scopert.errors import InputError
-from scopert.training.cnnt_data import MoviePatchSampler, Scaling, load_h5_movies, symmetric_pad_to
+from scopert.training.cnnt.data import MoviePatchSampler, Scaling, load_h5_movies, symmetric_pad_to
 
 
 def _real(data_dir, t=6, h=40, w=56):
@@ -70,7 +70,7 @@ def test_short_movies_are_padded_symmetrically():
 def test_sampler_patches_flips_foreground_and_resume(data_dir):
     clean = _real(data_dir).astype(np.float32) / 65536.0
     clean[:, :, :20] = 0.0  # the left columns are background: the foreground check avoids them
-    from scopert.training.cnnt_data import Movie
+    from scopert.training.cnnt.data import Movie
 
     movie = Movie("m", clean * 2.0, clean)  # noisy = 2 * clean, so pairing survives flips and crops
     sampler = MoviePatchSampler([movie], [(8, 16, 16), (4, 24, 24)], seed=3, area_thres=0.99)

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from scopert.errors import ConfigError
-from scopert.training import cnnt_losses as L
+from scopert.training.cnnt import losses as L
 
 
 def _pair(shape=(2, 3, 1, 8, 9), seed=0):

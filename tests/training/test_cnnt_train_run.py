@@ -12,9 +12,9 @@ import tifffile
 import torch
 
 from scopert.errors import CheckpointError, ConfigError, InputError
-from scopert.training.models import cnnt
-from scopert.training.runfolder import load_model, read_run_info
-from scopert.training.train_cnnt import (
+from scopert.training.cnnt import model as cnnt
+from scopert.training.common.runfolder import load_model, read_run_info
+from scopert.training.cnnt.train import (
     CnntTrainer,
     PlateauOnMonitor,
     load_backbone,

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from scopert.errors import ConfigError, InputError
-from scopert.training.data import (
+from scopert.training.rcan.data import (
     ImagePair,
     PairData,
     PatchSampler,
@@ -101,12 +101,12 @@ def test_percentile_normalize_matches_the_formula():
 
 
 def test_patch_is_clipped_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="scopert.training.data"):
+    with caplog.at_level(logging.WARNING, logger="scopert.training.rcan.data"):
         patch = resolve_patch_shape(None, 3, [(40, 300, 300), (10, 200, 500)])
     assert patch == (10, 200, 256)
     assert "clipped to [10, 200, 256]" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="scopert.training.data"):
+    with caplog.at_level(logging.WARNING, logger="scopert.training.rcan.data"):
         assert resolve_patch_shape([32, 32], 2, [(64, 64)]) == (32, 32)
     assert "clipped" not in caplog.text
     with pytest.raises(ConfigError, match="images are 3D"):
@@ -137,7 +137,7 @@ def test_all_dark_gt_keeps_last_patch_and_counts(caplog):
     gt = np.zeros((32, 32), np.float32)
     sampler = PatchSampler([_pair(gt, gt)], (8, 8), intensity_threshold=0.25, area_ratio_threshold=0.1,
                            augment=False, seed=0)
-    with caplog.at_level(logging.WARNING, logger="scopert.training.data"):
+    with caplog.at_level(logging.WARNING, logger="scopert.training.rcan.data"):
         x, y = sampler.sample()
     assert x.shape == (8, 8) and sampler.failed_samples == 1 and "512 tries" in caplog.text
 

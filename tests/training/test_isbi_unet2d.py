@@ -102,7 +102,7 @@ def run_isbi(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float |
     """Train, export, predict the held-out slices through the runtime; every number of the issue in a dict."""
     from scopert.export.onnx_export import export_run
     from scopert.runtime import load
-    from scopert.training.train_unet import train_unet_with_result
+    from scopert.training.unet.train import train_unet_with_result
 
     raw, membrane = load_isbi(data_dir)
     cfg = write_isbi_config(raw, membrane, work, iters, time_limit)

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from scopert.errors import CheckpointError, OutputError
-from scopert.training.importers.keras_rcan import import_keras_rcan, parse_rcan_config, select_best_checkpoint
-from scopert.training.models import rcan
+from scopert.training.rcan.importer import import_keras_rcan, parse_rcan_config, select_best_checkpoint
+from scopert.training.rcan import model as rcan
 from scopert.checksum import sha256_file
-from scopert.training.runfolder import load_model, read_run_info
+from scopert.training.common.runfolder import load_model, read_run_info
 
 # ---- a Keras model_config generator for build_rcan ----------------------------------------------
 

@@ -1,4 +1,4 @@
-"""numpy metrics (scopert.metrics) and their torch twins (scopert.training.losses) against hand computations."""
+"""numpy metrics (scopert.metrics) and their torch twins (scopert.training.rcan.losses) against hand computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from scopert import metrics as npm
 from scopert.errors import InputError
-from scopert.training import losses as tl
+from scopert.training.rcan import losses as tl
 
 
 def test_psnr_of_a_known_mse():

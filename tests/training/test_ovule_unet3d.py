@@ -66,10 +66,10 @@ def ovule_config(train: Path, val: Path, iters: int, time_limit: float | None) -
 
 
 def run_ovule(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float | None = TIME_LIMIT_MIN) -> dict:
-    from scopert.training.models.unet import export_module
-    from scopert.training.runfolder import load_model
-    from scopert.training.train_unet import train_unet_with_result
-    from scopert.training.unet_transforms import boundary_from_instances, normalize_raw
+    from scopert.training.unet.model import export_module
+    from scopert.training.common.runfolder import load_model
+    from scopert.training.unet.train import train_unet_with_result
+    from scopert.training.unet.transforms import boundary_from_instances, normalize_raw
 
     with h5py.File(data_dir / OVULE, "r") as f:
         raw, label = f["raw"][...], f["label"][...]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from scopert.errors import ConfigError
-from scopert.training.rcan_config import RcanTrainConfig, load_rcan_config
+from scopert.training.rcan.config import RcanTrainConfig, load_rcan_config
 
 DATA = {"training_data_dir": {"raw": "r", "gt": "g"}}
 

@@ -7,8 +7,8 @@ import torch
 
 from scopert.card import ModelCard, Normalization, TensorSpec
 from scopert.errors import ConfigError
-from scopert.training.models import rcan
-from scopert.training.registry import get_family
+from scopert.training.rcan import model as rcan
+from scopert.training.common.registry import get_family
 
 
 def _conv_params(c_in: int, c_out: int, k: int, ndim: int) -> int:

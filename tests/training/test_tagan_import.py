@@ -10,9 +10,9 @@ import tifffile
 import torch
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
-from scopert.training.importers.tagan_pth import import_tagan, parse_opt_txt
-from scopert.training.models import tagan
-from scopert.training.runfolder import load_model, read_run_info
+from scopert.training.tagan.importer import import_tagan, parse_opt_txt
+from scopert.training.tagan import model as tagan
+from scopert.training.common.runfolder import load_model, read_run_info
 
 OPT_TEMPLATE = """----------------- Options ---------------
                batch_size: 8                             \t[default: 1]

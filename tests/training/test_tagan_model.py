@@ -13,8 +13,8 @@ from torch import nn
 
 from scopert.card import ModelCard
 from scopert.errors import ConfigError
-from scopert.training.models import tagan
-from scopert.training.registry import get_family
+from scopert.training.tagan import model as tagan
+from scopert.training.common.registry import get_family
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:

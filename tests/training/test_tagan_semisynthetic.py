@@ -24,10 +24,10 @@ import torch
 from scopert.export import export_run
 from scopert.metrics import psnr
 from scopert.runtime import load
-from scopert.training.models import tagan
-from scopert.training.runfolder import load_model
-from scopert.training.tagan_data import Degradation, degrade, structure_mask
-from scopert.training.train_tagan import train_tagan_with_result
+from scopert.training.tagan import model as tagan
+from scopert.training.common.runfolder import load_model
+from scopert.training.tagan.data import Degradation, degrade, structure_mask
+from scopert.training.tagan.train import train_tagan_with_result
 
 TIME_LIMIT_MINUTES = 2.0
 CROP = 128

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from scopert.errors import ConfigError, InputError
-from scopert.training import train_tagan as tt
-from scopert.training.runfolder import load_model
-from scopert.training.tagan_config import load_tagan_config
-from scopert.training.tagan_data import (
+from scopert.training.tagan import train as tt
+from scopert.training.common.runfolder import load_model
+from scopert.training.tagan.config import load_tagan_config
+from scopert.training.tagan.data import (
     CropSampler,
     StackLayout,
     degrade,
@@ -28,8 +28,8 @@ from scopert.training.tagan_data import (
     scale_image,
     scale_seg,
 )
-from scopert.training.tagan_losses import discriminator_loss, init_weights_normal, linear_lr_lambda
-from scopert.training.models import tagan
+from scopert.training.tagan.losses import discriminator_loss, init_weights_normal, linear_lr_lambda
+from scopert.training.tagan import model as tagan
 
 
 @pytest.fixture(autouse=True, scope="module")

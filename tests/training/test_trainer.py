@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from scopert.errors import OutputError
-from scopert.training.losses import mae, mse, psnr
-from scopert.training.runfolder import RunInfo, load_model, write_run_info
-from scopert.training.trainer import Trainer, TrainSettings, keras_adam, staircase_decay
+from scopert.training.rcan.losses import mae, mse, psnr
+from scopert.training.common.runfolder import RunInfo, load_model, write_run_info
+from scopert.training.common.trainer import Trainer, TrainSettings, keras_adam, staircase_decay
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,7 +149,7 @@ def test_best_checkpoint_loads_through_the_run_folder(tmp_path):
     cfg = {"ndim": 2, "num_channels": 4, "num_residual_blocks": 1, "num_residual_groups": 1,
            "channel_reduction": 2, "residual_scaling": 1.0, "num_input_channels": 1, "num_output_channels": 1,
            "input_shape": [8, 8]}
-    from scopert.training.registry import get_family
+    from scopert.training.common.registry import get_family
 
     write_run_info(RunInfo(tmp_path, "rcan", cfg))
     model = get_family("rcan").build_model(cfg)
@@ -183,8 +183,8 @@ def _tiny_rcan_config(tmp_path, rng, shapes=((24, 40), (30, 28))):
 def test_train_rcan_writes_run_folder_and_resumes(tmp_path, caplog):
     import logging
 
-    from scopert.training.runfolder import read_run_info
-    from scopert.training.train_rcan import train_rcan, train_rcan_with_result
+    from scopert.training.common.runfolder import read_run_info
+    from scopert.training.rcan.train import train_rcan, train_rcan_with_result
 
     cfg = _tiny_rcan_config(tmp_path, np.random.default_rng(0))
     from scopert.errors import ConfigError
@@ -194,7 +194,7 @@ def test_train_rcan_writes_run_folder_and_resumes(tmp_path, caplog):
         train_rcan(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "run.json").exists()
     cfg["data_augmentation"] = False
-    with caplog.at_level(logging.WARNING, logger="scopert.training.data"):
+    with caplog.at_level(logging.WARNING, logger="scopert.training.rcan.data"):
         info = train_rcan(cfg, tmp_path / "run", progress=False, device="cpu")
     # The default 2D patch (256, 256) is clipped to the smallest image extent per axis: min(24, 30), min(40, 28).
     assert "clipped to [24, 28]" in caplog.text

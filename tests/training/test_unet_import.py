@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from scopert.errors import CheckpointError, ConfigError, OutputError
-from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
-from scopert.training.models.blindspot import build_model as build_blindspot
-from scopert.training.models.unet import build_model, card_fields, export_module
+from scopert.training.unet.importer import import_pytorch3dunet
+from scopert.training.blindspot.model import build_model as build_blindspot
+from scopert.training.unet.model import build_model, card_fields, export_module
 from scopert.checksum import sha256_file
-from scopert.training.runfolder import load_model
+from scopert.training.common.runfolder import load_model
 
 MODEL_SECTION = {"name": "UNet3D", "in_channels": 1, "out_channels": 2, "layer_order": "gcr", "f_maps": 8,
                  "num_groups": 4, "num_levels": 3, "final_sigmoid": False, "is_segmentation": True}

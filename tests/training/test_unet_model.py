@@ -7,8 +7,8 @@ import torch
 
 from scopert.card import ModelCard
 from scopert.errors import ConfigError
-from scopert.training.models.unet import UNetConfig, build_model, card_fields, export_module, export_shapes
-from scopert.training.registry import get_family
+from scopert.training.unet.model import UNetConfig, build_model, card_fields, export_module, export_shapes
+from scopert.training.common.registry import get_family
 
 SEGMENTATION_NET = dict(name="UNet3D", in_channels=1, out_channels=2, f_maps=64, num_groups=16,
                         layer_order="gcr", final_sigmoid=False, is_segmentation=True)

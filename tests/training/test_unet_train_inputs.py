@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from scopert.errors import ConfigError, InputError
-from scopert.training.train_unet import train_unet_with_result
-from scopert.training.unet_config import load_unet_config
-from scopert.training.unet_data import slice_grid
-from scopert.training.unet_losses import LOSS_NAMES, build_loss, build_metric, mean_iou
-from scopert.training.unet_transforms import boundary_from_instances, normalize_raw
+from scopert.training.unet.train import train_unet_with_result
+from scopert.training.unet.config import load_unet_config
+from scopert.training.unet.data import slice_grid
+from scopert.training.unet.losses import LOSS_NAMES, build_loss, build_metric, mean_iou
+from scopert.training.unet.transforms import boundary_from_instances, normalize_raw
 
 OVULE = "ovule_3d_seg/pytorch3dunet_sample_patch.h5"
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from scopert.errors import CheckpointError
-from scopert.training.importers.cnnt_pt import import_cnnt
-from scopert.training.importers.lightning_blindspot import import_lightning_blindspot
-from scopert.training.importers.pytorch3dunet import import_pytorch3dunet
-from scopert.training.importers.tagan_pth import import_tagan
-from scopert.training.models import tagan
-from scopert.training.runfolder import load_model, load_run_checkpoint
+from scopert.training.cnnt.importer import import_cnnt
+from scopert.training.blindspot.importer import import_lightning_blindspot
+from scopert.training.unet.importer import import_pytorch3dunet
+from scopert.training.tagan.importer import import_tagan
+from scopert.training.tagan import model as tagan
+from scopert.training.common.runfolder import load_model, load_run_checkpoint
 from tests.training.test_blindspot_import import _shine, _write_lightning_checkpoint
 from tests.training.test_cnnt_import import SEED_JSON, _seed_files
 from tests.training.test_unet_import import MODEL_SECTION, _seed_model, _write_seed_checkpoint, _write_yaml

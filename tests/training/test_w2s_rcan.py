@@ -20,7 +20,7 @@ from scopert.metrics import fit_affine, scale_invariant_psnr, ssim
 from scopert.export import export_run
 from scopert.export.precision import load_calibration, predict_bf16
 from scopert.runtime import load
-from scopert.training.train_rcan import train_rcan_with_result
+from scopert.training.rcan.train import train_rcan_with_result
 
 TRAIN_SLICES = range(0, 9)
 TEST_SLICES = (9, 10, 11)

@@ -131,6 +131,7 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
     file has no torch model (``benchmarks/cpu_engines.py`` adds it)."""
     from scopert.runtime.backends.ort import OrtBackend
     from scopert.runtime.cpu import cpu_caps
+    from scopert.runtime.timing import time_engines
     from scopert.runtime.compare import psnr_db
 
     x = _random_batch(model, tile, batch)
@@ -146,13 +147,8 @@ def compare_engines(path: str | Path, model: Model, tile: dict[str, int], batch:
             notes["openvino_bf16"] = "not run: this CPU has no bf16"
     except ScopertError as exc:  # not installed, or an op it cannot compile
         notes["openvino"] = f"not run: {exc}"
-    outputs = {name: engine.run(x) for name, engine in engines.items()}  # warm-up: compile, allocate
-    best = {name: float("inf") for name in engines}
-    for _ in range(repeats):
-        for name, engine in engines.items():
-            t0 = time.perf_counter()
-            engine.run(x)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    outputs = {name: engine.run(x) for name, engine in engines.items()}  # each output, compared with ORT's
+    best = time_engines({name: (lambda e=engine: e.run(x)) for name, engine in engines.items()}, repeats)
     rows = {name: {"seconds": round(best[name], 4), "x_ort": round(best["ort_fp32"] / best[name], 3),
                    "psnr_vs_ort_db": None if name == "ort_fp32" else round(float(psnr_db(outputs["ort_fp32"], out)), 1)}
             for name, out in outputs.items()}
