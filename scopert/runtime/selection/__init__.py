@@ -9,6 +9,7 @@ nowhere above; engines never import this layer.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +61,12 @@ def open_named(name: str, path: Path, device: str = "auto", threads: int | None 
         return fallback
 
 
-def open_choice(choice: Choice, path: Path, threads: int | None, planner: Any = None,
-                measure: bool = True) -> Backend:
+def open_choice(choice: Choice, path: Path, threads: int | None, planner: Any = None) -> Backend:
     """Open what ``choose`` picked, f32: on the CPU the measured faster engine where OpenVINO is the pick."""
     from scopert.runtime.selection.measured import open_measured
 
     backend = None
-    if choice.backend == "openvino" and measure and planner is not None:
+    if choice.backend == "openvino" and planner is not None:
         backend = open_measured(path, planner, threads, choice.reason)
     if backend is None:
         target = choice.engine_path or path
@@ -133,8 +133,13 @@ def decide_run_precision(requested: str, card: Any, path: Path, engine: str | No
     (or a GPU engine ``auto`` picked); None when ``auto`` runs on the CPU. An explicit request that cannot be
     honoured raises ConfigError naming why; ``auto`` falls back to f32 and says why."""
     wanted = "bf16" if requested == "auto" else requested
+    able = [e for e in REGISTRY.values() if wanted in e.precisions and "cpu" in e.devices]
+    if engine is None and not any(e.probe and importlib.util.find_spec(e.probe) for e in able):
+        why = f"{wanted} needs {' or '.join(e.title for e in able)}, which is not installed"
+        if requested != "auto":
+            raise ConfigError(f"--precision {requested} refused: {why} (`pip install 'scopert[cpu]'`).")
+        return pc.PrecisionDecision(requested, "fp32", f"auto: f32 ({why})")
     if engine is not None and wanted not in REGISTRY[engine].precisions:
-        able = [e for e in REGISTRY.values() if wanted in e.precisions and "cpu" in e.devices]
         why = (f"{requested} runs on the {' or '.join(e.title for e in able)} backend only, and --backend {engine} "
                f"was asked for; use --backend auto or {' or '.join(e.name for e in able)} (x86)")
         if requested != "auto":
