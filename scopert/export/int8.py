@@ -3,7 +3,7 @@ post-training quantization of the OpenVINO model, calibrated on real tiles).
 
 Both are measured on real tiles (``--calib`` files, else the run's training data) and written into the
 ONNX file's card (``card.precision['bf16_gate']`` / ``['int8_gate']``), where the runtime's precision
-choice (``scopert.runtime.precision_choice``) reads them.
+choice (``scopert.runtime.selection.precision``) reads them.
 
 INT8 gate, and why these thresholds:
 - restoration models: PSNR(INT8 vs f32) >= 40 dB over the f32 output's range. At 40 dB the RMS change
