@@ -16,6 +16,7 @@ import click
 from scopert.commands.util import backend_option
 from scopert.commands.util import parse_ints as _tuple
 from scopert.errors import ConfigError, InputError, ScopertError
+from scopert.training.common.registry import FAMILIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,12 +93,14 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
     out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
     calibration = None
     if precision in ("bf16", "auto") and not cluster:  # without a gate in the card (or one recorded beside the
-        # model), the bf16 gate measures on real tiles of the (first) input, and auto uses bf16 where it passed
+        # model), the bf16 gate measures on real tiles of the (first) input, and auto uses bf16 where it passed;
+        # the input is read only when a gate must be measured
         from scopert.runtime.apply import calibration_sample, open_input
         from scopert.runtime.io import list_images
 
-        with open_input(list_images(inp)[0] if is_folder_run(inp) else inp, dataset) as first:
-            calibration = calibration_sample(first.array)
+        def calibration():
+            with open_input(list_images(inp)[0] if is_folder_run(inp) else inp, dataset) as first:
+                return calibration_sample(first.array)
     model = load(model_path, backend=backend, device=device, axes=model_axes, precision=precision,
                  calibration=calibration)
     # A folder's files are all planned before the first runs; one file is planned (below) right before it runs.
@@ -188,20 +191,8 @@ def doctor(gpu_check, calib, reference, save_outputs, compare_saved) -> None:
 
 
 # ---- training, import, export -------------------------------------------------------------------------
-def _family(name: str):
-    from scopert.training.common.registry import FAMILIES
-
-    return FAMILIES[name]
-
-
-def _family_names() -> list[str]:
-    from scopert.training.common.registry import FAMILIES
-
-    return sorted(FAMILIES)
-
-
 @cli.command()
-@click.argument("family", type=click.Choice(_family_names()))
+@click.argument("family", type=click.Choice(sorted(FAMILIES)))
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True),
               help="The family's config (3D-RCAN config.json keys; pytorch-3dunet YAML; ...).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Run folder.")
@@ -211,12 +202,12 @@ def train(family, config_path, out_dir, no_resume) -> None:
     from scopert.commands.preflight import check_train_args
 
     check_train_args(family, config_path, out_dir, no_resume)  # before torch loads or any data is read
-    info = _family(family).load("trainer")(config_path, out_dir, resume=not no_resume)
+    info = FAMILIES[family].load("trainer")(config_path, out_dir, resume=not no_resume)
     click.echo(f"run folder: {info.folder}", err=True)
 
 
 @cli.command(name="import")
-@click.argument("family", type=click.Choice(_family_names() + ["bioimageio"]))
+@click.argument("family", type=click.Choice(sorted(FAMILIES) + ["bioimageio"]))
 @click.argument("path")
 @click.option("-o", "--output", "--out", "out_dir", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--config", "config_path", type=click.Path(exists=True),
@@ -253,7 +244,7 @@ def import_(family, path, out_dir, config_path, model_name, frames, net_s, opt_t
         raise ConfigError("--weights and --trust-package apply to bioimage.io packages (scopert import bioimageio).")
     if not Path(path).exists():
         raise InputError(f"{path} does not exist; check the path.")
-    entry = _family(family)
+    entry = FAMILIES[family]
     if entry.needs_config and not config_path:
         raise ConfigError(f"scopert import {family} needs --config (the weights cannot tell the whole architecture).")
     info = entry.load("importer")(path, out_dir, config=config_path, model_name=model_name, frames=frames,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from scopert.commands.preflight import model_card, onnx_metadata
+from scopert.commands.preflight import model_card
+from scopert.runtime.onnx_file import onnx_metadata
 from scopert.cli import main
 from tests.runtime.graphs import conv_stack
 

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from scopert.card import METADATA_KEY, ModelCard, read_sidecar
+from scopert.card import METADATA_KEY, ModelCard
 from scopert.errors import CardError, ConfigError, InputError, OutputError, ScopertError
 from scopert.runtime.io.atomic import same_file
 from scopert.runtime.io.space import check_free_space
-from scopert.runtime.onnx_file import onnx_metadata
 
 TIFF_OUT = (".tif", ".tiff")
 JSON_OUT = (".json",)
@@ -167,20 +166,17 @@ def check_space(dest: str | os.PathLike, need_bytes: int, what: str) -> None:
 
 def model_card(path: str | os.PathLike, option: str = "-m") -> ModelCard:
     """The card of an .onnx model (its sidecar, else its metadata) without loading the model."""
+    from scopert.runtime.loader import read_card
+
     path = check_input_file(path, option, (".onnx",))
-    card = read_sidecar(path)
-    if card is not None:
-        return card
     try:
-        metadata = onnx_metadata(path)
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{option} {path} is not a readable ONNX file ({exc}); pass an .onnx file written by "
-                         "`scopert export`.") from None
-    text = metadata.get(METADATA_KEY)
-    if text is None:
+        card = read_card(path)
+    except InputError as exc:
+        raise InputError(f"{option} {exc}") from None
+    if card is None:
         raise CardError(f"{option} {path} has no ScopeRT card ({METADATA_KEY!r} metadata); export it with "
                         "`scopert export` (or write a sidecar card).")
-    return ModelCard.from_json(text, where=f"{path.name}:metadata")
+    return card
 
 
 def check_tile(card: ModelCard, sizes: tuple[int, ...], axes: str, option: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -27,12 +28,13 @@ log = logging.getLogger(__name__)
 def load(path: str | Path, backend: str = "auto", device: str = "auto", *, axes: str | None = None,
          halo: dict[str, int] | None = None, divisor: dict[str, int] | None = None,
          scale: dict[str, float] | None = None, threads: int | None = None, precision: str = "f32",
-         calibration: np.ndarray | None = None, gate_db: float = 45.0) -> "Model":
+         calibration: np.ndarray | Callable[[], np.ndarray] | None = None, gate_db: float = 45.0) -> "Model":
     """Open a model: an ONNX file with an embedded card, an ONNX file without one (then pass ``axes``,
     e.g. 'bczyx', and optionally halo/divisor/scale), or an engine with its sidecar card.
 
     ``precision='bf16'`` (OpenVINO, x86) is used only when the CPU reports bf16 and PSNR(bf16 vs f32) on
-    real tiles of ``calibration`` (or a value recorded beside the model) is at least ``gate_db``;
+    real tiles of ``calibration`` (an array, or a function that reads one only when a gate must be measured; or
+    a value recorded beside the model) is at least ``gate_db``;
     otherwise the run goes on in f32 and the log says why."""
     path = Path(path)
     if not path.exists():
@@ -73,7 +75,7 @@ def read_card(path: Path) -> ModelCard | None:
     if card is None and path.suffix == ".onnx":
         try:
             metadata = onnx_metadata(path)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             raise InputError(f"{path} is not a readable ONNX model ({exc}). Re-export it, or copy it again if it "
                              "was cut short.") from None
         card = card_from_metadata(metadata, where=f"{path.name}:metadata")

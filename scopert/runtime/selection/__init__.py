@@ -13,7 +13,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,9 +38,8 @@ def open_backend(path: str | Path, backend: str = AUTO, device: str = "auto", th
     ``planner`` gives the tile to measure on); the choice and why are in its ``info`` and the log."""
     if backend != AUTO and backend not in REGISTRY:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(backend_choices())}.")
-    if backend != AUTO:
-        return open_named(backend, Path(path), device, threads)
-    return open_choice(choose(path, device, env), Path(path), threads, planner)
+    choice = choose(path, device, env) if backend == AUTO else None
+    return _open_f32(choice, backend, Path(path), device, threads, planner)
 
 
 def open_named(name: str, path: Path, device: str = "auto", threads: int | None = None) -> Backend:
@@ -78,7 +77,8 @@ def open_choice(choice: Choice, path: Path, threads: int | None, planner: Any = 
 
 
 def select(path: Path, card: Any, planner: Any, backend: str = AUTO, device: str = "auto",
-           threads: int | None = None, precision: str = "f32", calibration: np.ndarray | None = None,
+           threads: int | None = None, precision: str = "f32",
+           calibration: np.ndarray | Callable[[], np.ndarray] | None = None,
            threshold_db: float = pc.BF16_GATE_DB, caps: CpuCaps | None = None,
            env: Environment | None = None) -> Selected:
     """The one backend a run uses, opened at the precision decided for it (see the module doc)."""
@@ -127,7 +127,8 @@ def _open_f32(choice: Choice | None, backend: str, path: Path, device: str, thre
 
 
 def decide_run_precision(requested: str, card: Any, path: Path, engine: str | None, planner: Any,
-                         calibration: np.ndarray | None, threshold_db: float, threads: int | None,
+                         calibration: np.ndarray | Callable[[], np.ndarray] | None, threshold_db: float,
+                         threads: int | None,
                          caps: CpuCaps) -> pc.PrecisionDecision:
     """``auto``/``bf16``/``int8`` for this run, before anything is opened. ``engine``: the engine the user named
     (or a GPU engine ``auto`` picked); None when ``auto`` runs on the CPU. An explicit request that cannot be
@@ -150,7 +151,8 @@ def decide_run_precision(requested: str, card: Any, path: Path, engine: str | No
         # no gate in the card: the gate recorded beside the model for this CPU and engine, or one measured now on
         # the run's own real tiles (the same threshold); auto uses bf16 only when it passed
         try:
-            tiles = planner.sample_tiles(calibration) if calibration is not None else None
+            data = calibration() if callable(calibration) else calibration
+            tiles = planner.sample_tiles(data) if data is not None else None
         except ScopertError as exc:  # data the run itself will refuse, with its own message
             if requested == "bf16":
                 raise
