@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from scopert.card import METADATA_KEY, ModelCard
 from scopert.errors import CardError, ConfigError, InputError, OutputError, ScopertError
-from scopert.runtime.io.atomic import same_file
+from scopert.runtime.io.atomic import check_output_path, check_writable_folder
 from scopert.runtime.io.space import check_free_space
 
 TIFF_OUT = (".tif", ".tiff")
@@ -92,58 +91,13 @@ def _check_suffix(path: Path, option: str, suffixes: tuple[str, ...], error: typ
                     f"{' or '.join(suffixes)}.")
 
 
-def _existing_ancestor(folder: Path) -> Path:
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def _probe_writable(folder: Path, option: str, target: Path) -> None:
-    """Create and remove a temporary file in ``folder``: the only test that also holds for root, read-only
-    mounts and pseudo file systems (os.access says yes to root everywhere)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".scopert-probe-", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{option} {target}: cannot write in {folder} ({exc.strerror or exc}); choose a folder "
-                          "you can write to.") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
-def check_writable_folder(folder: str | os.PathLike, option: str, target: str | os.PathLike | None = None,
-                          create: bool = False) -> Path:
-    """``folder`` exists (or, with ``create``, can be created) and a file can be written in it."""
-    folder = Path(folder)
-    target = Path(target) if target is not None else folder
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{option} {target}: {folder} is a file, not a folder; choose another path.")
-    if not folder.exists():
-        if not create:
-            raise OutputError(f"{option} {target}: the folder {folder} does not exist; create it first or choose "
-                              "another path.")
-        ancestor = _existing_ancestor(folder)
-        if not ancestor.is_dir():
-            raise OutputError(f"{option} {target}: {ancestor} is a file, so the folder {folder} cannot be created; "
-                              "choose another path.")
-        folder = ancestor
-    _probe_writable(folder, option, target)
-    return folder
-
-
 def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[str],
                       inputs: Iterable[str | os.PathLike | None] = (), create_folder: bool = False) -> Path:
-    """An output file: a known suffix, not a folder, none of ``inputs``, in a (creatable) writable folder."""
+    """An output file: a known suffix, not a folder, none of ``inputs``, in a writable folder that exists (or,
+    with ``create_folder``, can be created; nothing is made before the work starts)."""
     path = Path(path)
-    _check_suffix(path, option, tuple(suffixes), OutputError)
-    if path.is_dir():
-        raise OutputError(f"{option} {path} is a folder; give a file name inside it, e.g. "
-                          f"{path / ('out' + tuple(suffixes)[0])}.")
-    for inp in inputs:
-        if inp is not None and same_file(path, Path(inp)):
-            raise OutputError(f"{option} {path} is also an input ({inp}); inputs are never overwritten: choose "
-                              "another output name.")
-    check_writable_folder(path.parent, option, path, create=create_folder)
+    check_output_path(path, inputs, option=option, suffixes=suffixes,
+                      folder="creatable" if create_folder else "existing")
     return path
 
 

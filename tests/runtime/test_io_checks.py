@@ -113,9 +113,16 @@ def test_output_equal_to_input_is_refused(tmp_path):
 def test_output_folder_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "afile.txt"
     blocker.write_text("not a folder")
-    with pytest.raises(OutputError, match="cannot create the output folder") as e:
+    with pytest.raises(OutputError, match="is a file, not a folder; choose another path"):
         check_output_path(blocker / "out.tif")
-    assert "choose an output path" in str(e.value)
+    with pytest.raises(OutputError, match="so the output folder .* cannot be created; choose another path"):
+        check_output_path(blocker / "sub" / "out.tif")
+    with pytest.raises(OutputError, match="does not exist; create it first"):
+        check_output_path(tmp_path / "none" / "o.tif", folder="existing")
+    with pytest.raises(OutputError, match=r"unknown file type '\.txt'; use a name ending in \.tif or \.zarr"):
+        check_output_path(tmp_path / "o.txt", suffixes=(".tif", ".zarr"))
+    assert check_output_path(tmp_path / "later" / "o.tif", folder="creatable").name == "o.tif"
+    assert not (tmp_path / "later").exists()  # only checked, nothing made before the work starts
     with pytest.raises(OutputError, match="existing folder"):
         check_output_path(tmp_path)
     made = check_output_path(tmp_path / "new" / "deeper" / "o.tif")

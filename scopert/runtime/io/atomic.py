@@ -15,10 +15,11 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from scopert.errors import OutputError, RunError
 
@@ -181,45 +182,81 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _existing_ancestor(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _probe_writable(folder: Path, option: str, target: Path) -> None:
+    """Create and remove a temporary file in ``folder``: the only test that also holds for root, read-only
+    mounts and pseudo file systems (os.access says yes to root everywhere)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".scopert-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{option} {target}: cannot write in {folder} ({exc.strerror or exc}); the folder is "
+                          "not writable: choose a folder you can write to.") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable_folder(folder: str | os.PathLike[str], option: str = "output",
+                          target: str | os.PathLike[str] | None = None, *, create: bool = False,
+                          make: bool = False) -> Path:
+    """``folder`` exists (or, with ``create``, could be created; with ``make``, is created now) and a file can
+    be written in it. Returns the folder that was probed."""
+    folder = Path(folder).expanduser()
+    target = Path(target) if target is not None else folder
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {target}: {folder} is a file, not a folder; choose another path.")
+    if not folder.exists():
+        if not (create or make):
+            raise OutputError(f"{option} {target}: the folder {folder} does not exist; create it first or choose "
+                              "another path.")
+        ancestor = _existing_ancestor(folder)
+        if not ancestor.is_dir():
+            raise OutputError(f"{option} {target}: {ancestor} is a file, so the output folder {folder} cannot be "
+                              "created; choose another path.")
+        if make:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"{option} {target}: cannot create the output folder {folder} "
+                                  f"({e.strerror or e}); choose a folder you can write to.") from None
+        else:
+            folder = ancestor
+    _probe_writable(folder, option, target)
+    return folder
+
+
 def check_output_path(
     out: str | os.PathLike[str],
-    inputs: Iterable[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
     *,
-    create_folder: bool = True,
+    option: str = "output",
+    suffixes: Iterable[str] | None = None,
+    folder: Literal["make", "creatable", "existing"] = "make",
 ) -> Path:
     """Check that ``out`` can be written and is none of ``inputs``; return it as an absolute path.
 
-    Raises OutputError when ``out`` is an input (symlinks and hard links are resolved), is an existing
-    folder, or its folder cannot be created (``create_folder``) or written to. Run this before
-    any work starts, so a long run does not fail at its last step.
+    Raises OutputError when ``out`` has none of ``suffixes`` (when given), is an input (symlinks and hard links
+    are resolved), is an existing folder (a ``.zarr`` store excepted), or its folder cannot be written to. The
+    ``folder`` is made now, or only checked to be creatable, or must exist already. Run this before any work
+    starts, so a long run does not fail at its last step.
     """
     out = Path(out).expanduser()
+    if suffixes is not None:
+        suffixes = tuple(suffixes)
+        if not out.name.lower().endswith(suffixes):
+            raise OutputError(f"{option} {out}: unknown file type {out.suffix or '(no suffix)'!r}; use a name "
+                              f"ending in {' or '.join(suffixes)}.")
     for inp in inputs:
-        inp = Path(inp).expanduser()
-        if same_file(out, inp):
-            raise OutputError(
-                f"output {out} is the input {inp}; inputs are never overwritten: "
-                "choose another output name or folder"
-            )
+        if inp is not None and same_file(out, Path(inp).expanduser()):
+            raise OutputError(f"{option} {out} is the input {inp}; inputs are never overwritten: choose another "
+                              "output name or folder.")
     if out.is_dir() and not out.name.lower().endswith(".zarr"):
-        raise OutputError(f"output {out} is an existing folder; give a file name inside it, e.g. {out / 'result.tif'}")
-    folder = out.parent
-    if create_folder:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(
-                f"cannot create the output folder {folder}: {e.strerror or e}; "
-                "choose an output path in a folder you can write to"
-            ) from e
-    if not folder.is_dir():
-        raise OutputError(
-            f"the output folder {folder} does not exist or is not a folder; "
-            "create it first or choose another output path"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"the output folder {folder} is not writable; choose a folder you can write to "
-            "or fix its permissions"
-        )
+        example = out / ("result" + (suffixes[0] if suffixes else ".tif"))
+        raise OutputError(f"{option} {out} is an existing folder; give a file name inside it, e.g. {example}.")
+    check_writable_folder(out.parent, option, out, create=folder == "creatable", make=folder == "make")
     return out.absolute()
