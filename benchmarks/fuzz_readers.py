@@ -23,19 +23,20 @@ import argparse
 import collections
 import importlib
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.fuzz.workers import Worker, run_jobs  # noqa: E402
 
 DATA = Path(os.environ.get("SCOPERT_SHARED", REPO.parent / "shared")) / "data"
 
@@ -74,8 +75,8 @@ FIXED_BUGS = [
 # ---------------------------------------------------------------------------------------- the worker
 
 
-def _worker(conn, corpus: dict[str, list[str]], work: str) -> None:
-    """Run cases sent over ``conn`` until it sends None; reply with each outcome as a dict."""
+def _setup(corpus: dict[str, list[str]], work: str) -> Callable[[tuple[str, int]], dict]:
+    """In the worker: import what the cases need, then run each (reader, index) job to an outcome dict."""
     import logging
     import warnings
 
@@ -86,17 +87,15 @@ def _worker(conn, corpus: dict[str, list[str]], work: str) -> None:
     seeds = {reader: [Path(p) for p in paths] for reader, paths in corpus.items()}
     for module in WARM_IMPORTS:  # before the first case's clock starts (torch alone takes seconds)
         importlib.import_module(module)
-    conn.send("ready")
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
+
+    def handle(job: tuple[str, int]) -> dict:
         reader, index = job
         if reader == SELFTEST:
             _selftest_case(index)
-            conn.send({"reader": reader, "index": index, "outcome": "ok", "seconds": 0.0})
-            continue
-        conn.send(run_case(reader, index, seeds[reader], Path(work)).to_dict())
+            return {"reader": reader, "index": index, "outcome": "ok", "seconds": 0.0}
+        return run_case(reader, index, seeds[reader], Path(work)).to_dict()
+
+    return handle
 
 
 SELFTEST = "_selftest"
@@ -116,85 +115,23 @@ def _selftest_case(index: int) -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def selftest(slots: list[_Slot]) -> dict:
+def selftest(workers: list[Worker]) -> dict:
     """Prove on the live worker pool that a hang and a crash are caught, counted and the worker replaced."""
-    results = fuzz_reader(SELFTEST, 3, slots, timeout=2.0)
+    results = fuzz_reader(SELFTEST, 3, workers, timeout=2.0)
     outcomes = [r["outcome"] for r in results]
     if outcomes != ["hang", "crash", "ok"]:
         raise SystemExit(f"the harness's self-test failed: expected hang, crash, ok; got {outcomes}")
     return {"outcomes": outcomes, "crash_error": results[1]["error"]}
 
 
-class _Slot:
-    """One worker process and the case it is running."""
-
-    def __init__(self, ctx, corpus: dict[str, list[str]], work: Path, n: int) -> None:
-        self.ctx, self.corpus, self.work, self.n = ctx, corpus, work, n
-        self.job: tuple[str, int] | None = None
-        self.started = 0.0
-        self._spawn()
-
-    def _spawn(self) -> None:
-        self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.corpus, str(self.work / f"w{self.n}")),
-                                     daemon=True)
-        self.proc.start()
-        child.close()
-        if not self.conn.poll(300) or self.conn.recv() != "ready":
-            raise SystemExit(f"worker {self.n} did not start (exit code {self.proc.exitcode})")
-
-    def send(self, job: tuple[str, int]) -> None:
-        self.job, self.started = job, time.perf_counter()
-        self.conn.send(job)
-
-    def replace(self) -> None:
-        """Kill this worker (hung or dead) and start a fresh one."""
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
-        self._spawn()
-
-    def close(self) -> None:
-        try:
-            self.conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
-def fuzz_reader(reader: str, cases: int, slots: list[_Slot], timeout: float) -> list[dict]:
-    """Run cases 0..cases-1 of ``reader`` on the worker slots; return one outcome dict per case."""
-    pending = collections.deque((reader, i) for i in range(cases))
-    results: list[dict] = []
-    for slot in slots:
-        if pending:
-            slot.send(pending.popleft())
-    while any(s.job is not None for s in slots):
-        busy = [s for s in slots if s.job is not None]
-        ready = wait([s.conn for s in busy], timeout=0.5)
-        now = time.perf_counter()
-        for slot in busy:
-            name, index = slot.job
-            if slot.conn in ready:
-                try:
-                    results.append(slot.conn.recv())
-                except (EOFError, OSError):  # the worker died mid-case: a crash in a C library
-                    slot.proc.join(5)
-                    results.append({"reader": name, "index": index, "outcome": "crash",
-                                    "seconds": now - slot.started, "error": f"exit code {slot.proc.exitcode}"})
-                    slot.replace()
-            elif now - slot.started > timeout:
-                results.append({"reader": name, "index": index, "outcome": "hang", "seconds": now - slot.started,
-                                "error": f"no result after {timeout:.0f} s"})
-                slot.replace()
-            else:
-                continue
-            slot.job = None
-            if pending:
-                slot.send(pending.popleft())
+def fuzz_reader(reader: str, cases: int, workers: list[Worker], timeout: float) -> list[dict]:
+    """Run cases 0..cases-1 of ``reader`` on the workers; return one outcome dict per case."""
+    results = []
+    for (name, index), got in run_jobs([(reader, i) for i in range(cases)], workers, timeout):
+        if not isinstance(got, dict):
+            outcome, detail, seconds = got
+            got = {"reader": name, "index": index, "outcome": outcome, "seconds": seconds, "error": detail}
+        results.append(got)
     return sorted(results, key=lambda r: r["index"])
 
 
@@ -238,8 +175,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scopert-fuzz-") as tmp:
         tmp = Path(tmp)
         corpus = {k: [str(p) for p in v] for k, v in build_corpus(DATA, tmp / "corpus").items()}
-        ctx = mp.get_context("spawn")  # fresh interpreters: no inherited threads or torch state
-        slots = [_Slot(ctx, corpus, tmp / "work", n) for n in range(args.workers)]
+        slots = [Worker(_setup, (corpus, str(tmp / "work" / f"w{n}"))) for n in range(args.workers)]
         summaries = []
         try:
             harness = selftest(slots)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import random
 import shutil
 import time
@@ -26,7 +25,7 @@ import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 READERS = ("keras_rcan", "pytorch3dunet", "lightning_blindspot", "tagan_pth", "cnnt_pt")
 KINDS = ("truncate", "bytes", "member", "structure")
@@ -467,8 +466,8 @@ def _limit_memory() -> None:
         pass
 
 
-def _worker(conn: Any, readers: list[str], seed: int, work: str) -> None:
-    """Build the base files once, then run the case indices the parent sends until it sends None."""
+def _setup(readers: list[str], seed: int, work: str) -> Callable[[tuple[str, int]], dict]:
+    """In the worker: build the base files once; each job (reader, index) then runs one case."""
     import logging
 
     import torch
@@ -478,46 +477,7 @@ def _worker(conn: Any, readers: list[str], seed: int, work: str) -> None:
     logging.disable(logging.WARNING)
     work_dir = Path(work)
     bases = {r: build_base(r, work_dir / "base" / r) for r in readers}
-    conn.send("ready")
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        reader, index = job
-        conn.send(asdict(run_case(reader, bases[reader], seed, index, work_dir / "cases")))
-
-
-class _Worker:
-    def __init__(self, readers: list[str], seed: int, work: Path) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child, readers, seed, str(work)), daemon=True)
-        self.process.start()
-        child.close()
-        try:
-            ready = self.conn.poll(300) and self.conn.recv() == "ready"
-        except (EOFError, OSError):
-            ready = False
-        if not ready:
-            self.stop()
-            raise RuntimeError(f"the fuzz worker did not start (exit code {self.process.exitcode})")
-
-    def run(self, reader: str, index: int, timeout: float) -> dict | str:
-        """The case's result dict, or 'hang' / 'crash'."""
-        self.conn.send((reader, index))
-        if not self.conn.poll(timeout):
-            return "hang"
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            return "crash"
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(10)
+    return lambda job: asdict(run_case(job[0], bases[job[0]], seed, job[1], work_dir / "cases"))
 
 
 def fuzz(readers: list[str] | tuple[str, ...] = READERS, cases: int = 200, seed: int = 0,
@@ -525,27 +485,25 @@ def fuzz(readers: list[str] | tuple[str, ...] = READERS, cases: int = 200, seed:
     """Run ``cases`` cases per reader (kinds in turn) in a worker process; a hang or crash replaces the worker."""
     import tempfile
 
+    from tests.fuzz.workers import Worker, run_jobs
+
     work = Path(work or tempfile.mkdtemp(prefix="scopert-fuzz-"))
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     campaign = Campaign(cases, seed)
-    worker = _Worker(list(readers), seed, work)
+    worker = Worker(_setup, (list(readers), seed, str(work)))
     try:
-        for reader in readers:
-            for index in range(cases):
-                got = worker.run(reader, index, timeout)
-                if isinstance(got, dict):
-                    result = CaseResult(**got)
-                else:
-                    code = worker.process.exitcode
-                    worker.stop()
-                    kind = KINDS[index % len(KINDS)]
-                    detail = f"no answer within {timeout} s" if got == "hang" else f"worker exit code {code}"
-                    result = CaseResult(reader, index, kind, got, detail, timeout if got == "hang" else 0.0)
-                    worker = _Worker(list(readers), seed, work)
-                campaign.results.append(result)
-                if progress is not None:
-                    progress(result)
+        jobs = [(reader, index) for reader in readers for index in range(cases)]
+        for (reader, index), got in run_jobs(jobs, [worker], timeout):
+            if isinstance(got, dict):
+                result = CaseResult(**got)
+            else:
+                outcome, detail, seconds = got
+                result = CaseResult(reader, index, KINDS[index % len(KINDS)], outcome, detail, seconds)
+            campaign.results.append(result)
+            if progress is not None:
+                progress(result)
     finally:
-        worker.conn.send(None) if worker.process.is_alive() else None
-        worker.stop()
+        worker.close()
         shutil.rmtree(work, ignore_errors=True)
     return campaign
