@@ -42,6 +42,8 @@ def cli(verbose: int) -> None:
 @click.option("--rescale", is_flag=True, help="Affine least-squares fit of the output to the GT (as CARE).")
 @click.option("-f", "--output_tiff_format", "fmt", type=click.Choice(["imagej", "ome"]),
               help="TIFF outputs: ImageJ hyperstack or OME-TIFF (default: OME for a .ome.tif name, else ImageJ).")
+@click.option("--ngff", type=click.Choice(["0.4", "0.5"]), help="OME-Zarr outputs: NGFF 0.4 (Zarr v2, the default: "
+              "Fiji/MoBIE, napari and ome-zarr-py read it) or 0.5 (Zarr v3).")
 @click.option("--p_min", type=float, help="Lower input percentile (default: the card's).")
 @click.option("--p_max", type=float, help="Upper input percentile (default: the card's).")
 @click.option("--stitch", type=click.Choice(["auto", "crop", "blend"]), default="auto")
@@ -73,7 +75,7 @@ def cli(verbose: int) -> None:
 @click.option("--resume", is_flag=True, help="--cluster: go on from the finished blocks of an interrupted run.")
 def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block_overlap_shape, normalize_output,
           rescale, fmt, p_min, p_max, stitch, backend, device, batch, axes, dataset, precision, channels,
-          raw_values, channel, per_channel, out_suffix, overwrite, cluster, dist_block, resume) -> None:
+          raw_values, channel, per_channel, out_suffix, overwrite, cluster, dist_block, resume, ngff) -> None:
     """Restore an image or a folder of images (the options of 3D-RCAN's apply.py).
 
     Every path, option and size is checked before the first tile runs. A 2D model runs over every plane of
@@ -88,9 +90,9 @@ def apply(model_path, input_path, output_path, gt_path, bits, block_shape, block
                         batch=batch, axes=None if model_axes else axes, bits=int(bits), fmt=fmt,
                         normalize_output=normalize_output, rescale=rescale, p_min=p_min, p_max=p_max,
                         dataset=dataset, channels=channels, raw_values=raw_values, channel=channel,
-                        per_channel=per_channel)
+                        per_channel=per_channel, ngff=ngff)
     inp, out, gt = Path(input_path), Path(output_path), Path(gt_path) if gt_path else None
-    out = check_paths(inp, out, gt, out_suffix, fmt, overwrite)  # before the model loads: a wrong path fails at once
+    out = check_paths(inp, out, gt, out_suffix, fmt, overwrite, ngff)  # before the model loads: a wrong path fails at once
     calibration = None
     if precision in ("bf16", "auto") and not cluster:  # without a gate in the card (or one recorded beside the
         # model), the bf16 gate measures on real tiles of the (first) input, and auto uses bf16 where it passed;

@@ -26,7 +26,7 @@ def is_folder_run(inp: Path) -> bool:
 
 
 def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, fmt: str | None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, ngff: str | None = None) -> Path:
     """What can be said without the model: inputs exist, outputs have a known suffix and a writable folder.
 
     Returns the output path: for one input and an existing folder as ``-o``, the input's name inside it (with
@@ -41,7 +41,7 @@ def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, f
         if gt is not None and not gt.is_dir():
             raise ConfigError(f"-i {inp} is a folder, so -g must be a folder of ground truths too (got {gt}).")
         if out_suffix:
-            check_format_option(output_kind(out / f"x{out_suffix}"), fmt, f"--suffix {out_suffix}")
+            check_format_option(output_kind(out / f"x{out_suffix}"), fmt, f"--suffix {out_suffix}", ngff)
         check_output_path(out / ".scopert-probe", [inp])
         if out.resolve() == inp.resolve():
             raise ConfigError(f"-o {out} is the input folder; outputs keep the input names, so they would "
@@ -51,7 +51,7 @@ def check_paths(inp: Path, out: Path, gt: Path | None, out_suffix: str | None, f
         out = output_path_for(inp, out, out_suffix)
     elif out_suffix:
         raise ConfigError("--suffix applies when -o is a folder; for one output file, give the suffix in -o.")
-    check_format_option(output_kind(out), fmt, out.name)
+    check_format_option(output_kind(out), fmt, out.name, ngff)
     check_output_path(out, [inp] + ([gt] if gt else []))
     if out.exists() and not overwrite:
         raise ConfigError(f"-o {out} exists; pass --overwrite to replace it (or choose another name).")

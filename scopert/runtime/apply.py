@@ -27,6 +27,7 @@ from scopert.errors import ConfigError, InputError
 from scopert.runtime.compare import psnr_db
 from scopert.runtime.io import check_output_path, read_image, to_bit_depth
 from scopert.runtime.io.image import ImageData
+from scopert.runtime.io.omezarr import NGFF_DEFAULT, check_ngff
 from scopert.runtime.io.outputs import (OutputSpec, check_format_option, file_axes, open_writer, output_kind,
                                          tiff_format)
 from scopert.runtime.io.space import check_free_space
@@ -67,6 +68,7 @@ class ApplyOptions:
     raw_values: str = "normalized"  # the raw channel: the normalized input (3D-RCAN) or the input's own values
     channel: int | None = None  # run this one channel of a multi-channel input (--channel N)
     per_channel: bool = False  # run every channel on its own through a 1-channel model, keeping C (--per-channel)
+    ngff: str | None = None  # OME-Zarr outputs: NGFF 0.4 (Zarr v2, the default) or 0.5 (Zarr v3)
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16, 32):
@@ -76,6 +78,8 @@ class ApplyOptions:
                               "pick one.")
         if self.channel is not None and self.per_channel:
             raise ConfigError("--channel N runs one channel and --per-channel runs each; pick one.")
+        if self.ngff is not None:
+            check_ngff(self.ngff)
         if self.raw_values not in ("normalized", "input"):
             raise ConfigError(f"--raw-values {self.raw_values!r}: use normalized or input.")
         if self.raw_values == "input" and self.bits != 32:
@@ -230,7 +234,7 @@ def plan_apply(model: Model, input_path: str | Path, output_path: str | Path, gt
     input_path, output_path = Path(input_path), Path(output_path)
     gt_path = Path(gt_path) if gt_path else None
     kind = output_kind(output_path)
-    check_format_option(kind, opts.fmt, output_path.name)
+    check_format_option(kind, opts.fmt, output_path.name, opts.ngff)
     check_output_path(output_path, [input_path] + ([gt_path] if gt_path else []))
     image = open_input(input_path, opts.dataset)
     try:
@@ -310,7 +314,7 @@ def _plan(model: Model, input_path: Path, output_path: Path, gt_path: Path | Non
                                           for a in model.in_layout.tiled}).for_axes(out_axes) or None
     out = OutputSpec(output_path, kind, out_axes, tuple(sizes[a] for a in out_axes), np.dtype(dtype),
                      fmt=tiff_format(output_path, opts.fmt) if kind == "tiff" else None, channel_names=names,
-                     dataset=opts.output_dataset, scale=scale, physical=physical,
+                     dataset=opts.output_dataset, scale=scale, physical=physical, ngff=opts.ngff or NGFF_DEFAULT,
                      attrs={"scopert_model": model.path.name, "scopert_input": input_path.name})
     in_memory = centre or gt_path is not None or opts.rescale or opts.normalize_output or n_split > 1
     return ApplyJob(model, input_path, output_path, gt_path, opts, image, data_axes, sink_axes, out,

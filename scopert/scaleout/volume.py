@@ -214,7 +214,7 @@ def _create_store(plan: VolumePlan) -> None:
     try:
         create_ome_zarr(partial, out.shape, out.dtype, out.axes, chunks=plan.chunks, name=plan.output.stem,
                         scale=out.scale, attrs=out.attrs or None, physical=out.physical,
-                        channel_names=out.channel_names)
+                        channel_names=out.channel_names, ngff=out.ngff)
         Ledger.of(partial).create(plan.manifest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -229,6 +229,12 @@ def _finish(plan: VolumePlan) -> None:
     if missing:
         raise OutputError(f"{missing} of {plan.grid.n_blocks} blocks have no ledger marker; rerun with --resume")
     shutil.rmtree(partial / SUMS_DIR, ignore_errors=True)
+    from scopert.runtime.io.omezarr import fill_pyramid
+
+    t0 = time.perf_counter()
+    levels = fill_pyramid(partial)  # on the client, a plane and 2048x2048 pixels at a time
+    if levels:
+        log.info("pyramid: %d coarser levels of %s in %.1f s", levels, plan.output.name, time.perf_counter() - t0)
     os.replace(partial, plan.output)
     fd = os.open(plan.output.parent, os.O_RDONLY)
     try:

@@ -33,7 +33,7 @@ MODELS = {  # name: (conv_stack options, the input's axes, its shape, output sca
     "up2d": (dict(ndim=2, upsample=2), "tyx", (3, 20, 24), 2),
 }
 INPUTS = ("imagej.tif", "ome.tif", "h5", "ome.zarr")
-OUTPUTS = (".tif", ".ome.tif", ".h5", ".zarr")
+OUTPUTS = (".tif", ".ome.tif", ".h5", ".zarr", ".ngff05.zarr")  # the last: --ngff 0.5 (Zarr v3)
 
 
 def _write_input(path, kind: str, data: np.ndarray, axes: str) -> None:
@@ -135,9 +135,10 @@ def test_physical_sizes_round_trip_every_input_to_every_output(models, model_nam
     want = {"x": NM / up, "y": NM / up, axes[0]: Z_NM if axes[0] == "z" else T_S}
     for suffix in OUTPUTS:
         dst = tmp_path / f"out{suffix}"
-        opts = ApplyOptions(dataset="raw" if in_kind == "h5" else None)
+        opts = ApplyOptions(dataset="raw" if in_kind == "h5" else None,
+                            ngff="0.5" if suffix == ".ngff05.zarr" else None)
         apply_file(models[model_name], src, dst, opts=opts)
-        got, stored_axes = _read_output(dst, suffix)
+        got, stored_axes = _read_output(dst, ".zarr" if suffix.endswith(".zarr") else suffix)
         assert set(got) == set(want), (suffix, got, stored_axes)
         for ax, value in want.items():
             assert got[ax] == pytest.approx(value, rel=1e-6), (suffix, ax, got)

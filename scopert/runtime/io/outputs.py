@@ -27,7 +27,7 @@ import numpy as np
 from scopert.errors import ConfigError, OutputError, RunError
 from scopert.runtime.io.atomic import atomic_path, finish_atomic, partial_path, remove_path
 from scopert.runtime.io.image import image_kind
-from scopert.runtime.io.omezarr import NGFF_ORDER, OmeZarrWriter
+from scopert.runtime.io.omezarr import NGFF_DEFAULT, NGFF_ORDER, OmeZarrWriter
 from scopert.runtime.io.physical import PhysicalSizes, to_hdf5_attrs
 from scopert.runtime.io.tiff import TiffStreamWriter, write_tiff
 
@@ -51,11 +51,15 @@ def file_axes(kind: str, axes: str) -> str:
     return "".join(a for a in order if a in axes)
 
 
-def check_format_option(kind: str, fmt: str | None, name: str) -> None:
-    """``-f`` chooses a TIFF flavour: refuse it for another output kind rather than ignore it."""
+def check_format_option(kind: str, fmt: str | None, name: str, ngff: str | None = None) -> None:
+    """``-f`` chooses a TIFF flavour, ``--ngff`` an OME-Zarr version: refuse either for another output kind rather
+    than ignore it."""
     if kind != "tiff" and fmt is not None:
         raise ConfigError(f"-f/--output_tiff_format {fmt} applies to TIFF outputs, but {name} is {kind.upper()}; "
                           "drop -f or write a .tif.")
+    if kind != "zarr" and ngff is not None:
+        raise ConfigError(f"--ngff {ngff} applies to OME-Zarr outputs, but {name} is {kind.upper()}; drop --ngff or "
+                          "write a .zarr.")
 
 
 def tiff_format(path: Path, fmt: str | None) -> str:
@@ -80,6 +84,7 @@ class OutputSpec:
     scale: dict[str, float] = field(default_factory=dict)  # Zarr: voxel size relative to the input
     attrs: dict[str, Any] = field(default_factory=dict)  # Zarr/HDF5: extra metadata (model name, ...)
     physical: PhysicalSizes | None = None  # the output's pixel sizes and time interval (every format stores them)
+    ngff: str = NGFF_DEFAULT  # Zarr only: the NGFF version (0.4: Zarr v2, 0.5: Zarr v3)
 
     @property
     def nbytes(self) -> int:
@@ -210,5 +215,6 @@ def open_writer(spec: OutputSpec, stream: bool = True):
         inner = _Hdf5Writer(spec)
     else:
         inner = OmeZarrWriter(spec.path, spec.shape, spec.dtype, spec.axes, name=spec.path.stem, scale=spec.scale,
-                              attrs=spec.attrs or None, physical=spec.physical, channel_names=spec.channel_names)
+                              attrs=spec.attrs or None, physical=spec.physical, channel_names=spec.channel_names,
+                              ngff=spec.ngff)
     return _NoPartialLeft(inner, spec.path)

@@ -169,9 +169,10 @@ def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, st
     if hasattr(node, "shape"):
         return node, None, None, None
     found = _array_names(node)
-    if dataset not in found and "multiscales" in node.attrs:
-        from scopert.runtime.io.omezarr import read_multiscales_level0
+    from scopert.runtime.io.omezarr import ome_attrs, read_multiscales_level0
 
+    ome = ome_attrs(node.attrs)
+    if dataset not in found and "multiscales" in ome:
         from scopert.runtime.io.physical import from_ngff
 
         try:
@@ -179,7 +180,7 @@ def _open_node(zarr: Any, path: Path, dataset: str) -> tuple[Any, str | None, st
         except ValueError as e:
             raise InputError(f"{path} has OME-Zarr metadata that cannot be read ({e}); pass --dataset") from e
         if level0 in found:
-            return node[level0], level0, axes, from_ngff(node.attrs["multiscales"][0]) or None
+            return node[level0], level0, axes, from_ngff(ome["multiscales"][0]) or None
     if dataset not in found:
         raise InputError(
             f"array {dataset!r} is not in {path}; it has {', '.join(map(repr, found)) or 'no arrays'}: "
