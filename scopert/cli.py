@@ -322,7 +322,7 @@ def demo(out_dir, data, minutes, seed) -> None:
 
 
 OPTIONAL_COMMANDS = ("scopert.commands.bench", "scopert.commands.stream", "scopert.commands.build",
-                     "scopert.commands.package")
+                     "scopert.commands.package", "scopert.commands.acquire")
 
 
 def _add_optional_commands() -> None:
