@@ -146,3 +146,23 @@ def test_runtime_layers_import_only_downwards():
 def test_the_checker_finds_a_planted_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
+
+
+# Beside the runtime: the microscope adapter and the napari plugin build on it; neither reaches into the CLI or the
+# training/export stages (an acquisition PC has numpy, a backend, pymmcore-plus and napari, not torch or onnx).
+BESIDE = {
+    "scopert.acquisition": ("scopert.commands", "scopert.cli", "scopert.napari_plugin", "scopert.training",
+                            "scopert.export", "scopert.scaleout"),
+    "scopert.napari_plugin": ("scopert.commands", "scopert.cli", "scopert.training", "scopert.export",
+                              "scopert.scaleout"),
+}
+
+
+def test_the_acquisition_adapter_and_the_napari_plugin_import_only_what_a_microscope_pc_has():
+    graph = import_graph()
+    wrong = [f"{src} -> {dst}" for src, targets in graph.items() for package, banned in BESIDE.items()
+             if src == package or src.startswith(package + ".")
+             for dst in targets if any(dst == b or dst.startswith(b + ".") for b in banned)]
+    runtime_up = [f"{src} -> {dst}" for src, targets in graph.items() if src.startswith("scopert.runtime")
+                  for dst in targets if dst.startswith(("scopert.acquisition", "scopert.napari_plugin"))]
+    assert not wrong and not runtime_up, "\n".join(wrong + runtime_up)

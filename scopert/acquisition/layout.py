@@ -65,7 +65,7 @@ def plan_store(core: Any, model: Any, sequence: Any, out: str | Path, *, ngff: s
                  for a, v in raw_scale.items()}
     channels = _channel_names(sequence, c)
     n_out = card.output.channels
-    restored_names = [f"{name} restored" + (f" {k}" if n_out > 1 else "") for name in channels for k in range(n_out)]
+    restored_names = [name + (f" {k}" if n_out > 1 else "") for name in channels for k in range(n_out)]
     raw = ImagePlan((t, c, z, height, width), dtype, raw_scale, units, channels)
     restored = ImagePlan((t, c * n_out, scaled(z, "z") if volume else z, scaled(height, "y"), scaled(width, "x")),
                          np.float32, out_scale, units, restored_names)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,9 @@ from scopert.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CameraSpec:
-    kind: str  # "replay" or "mm-config"
-    path: Path
-    fps: float | None = None
-
-
-def parse_camera(camera: str | None, mm_config: str | None) -> CameraSpec:
+def parse_camera(camera: str | None, mm_config: str | None) -> Any:
     """``--camera replay:FILE[:FPS]`` or ``--mm-config CFG`` (exactly one), checked."""
+    from scopert.acquisition.cores import CameraSpec
     from scopert.commands import preflight as pf
     from scopert.runtime.tools.replay import check_rate
 
@@ -48,47 +41,6 @@ def parse_camera(camera: str | None, mm_config: str | None) -> CameraSpec:
     if head and tail.replace(".", "", 1).isdigit():
         path, fps = head, check_rate(tail)
     return CameraSpec("replay", pf.check_input_file(path, "--camera replay:"), fps)
-
-
-def read_camera_frames(path: Path) -> tuple[Any, float | None]:
-    """The planes of a recording (n, y, x) in file order and its pixel size in micrometres, if stated."""
-    import numpy as np
-
-    from scopert.runtime.io import read_image
-
-    with read_image(path) as image:
-        if image.array.ndim not in (2, 3) or "c" in (image.axes or ""):
-            raise InputError(f"--camera replay:{path} has axes {image.axes!r} (shape {image.shape}); a replay camera "
-                             "plays single-channel planes: give a (t, y, x) or (z, y, x) stack.")
-        frames = np.array(image.array)  # in memory: disk reads must not distort the camera's pace
-        pixel = None
-        if image.physical and image.physical.get("x"):
-            pixel = image.physical.get("x", "micrometer")
-    return (frames[None] if frames.ndim == 2 else frames), pixel
-
-
-def make_core(spec: CameraSpec) -> Any:
-    if spec.kind == "replay":
-        from scopert.acquisition import replay_core
-
-        frames, pixel = read_camera_frames(spec.path)
-        return replay_core(frames, spec.fps, pixel_size_um=pixel)
-    from scopert.acquisition.replay import keep_root_log_level
-
-    try:
-        with keep_root_log_level():
-            from pymmcore_plus import CMMCorePlus
-
-            core = CMMCorePlus()
-    except ImportError as e:
-        raise ConfigError("--mm-config needs pymmcore-plus; pip install 'scopert[microscope]'") from e
-    try:
-        core.loadSystemConfiguration(str(spec.path))
-    except Exception as e:  # noqa: BLE001 - Micro-Manager's errors name the device that failed
-        raise InputError(f"--mm-config {spec.path} did not load ({str(e).strip().splitlines()[0][:300]}); check "
-                         "that Micro-Manager's device adapters are installed (mmcore install) and the "
-                         "configuration opens in Micro-Manager.") from None
-    return core
 
 
 @click.command(name="acquire")
@@ -132,6 +84,7 @@ def acquire(model_path, sequence_path, output_path, mm_config, camera, on_full, 
     output.parent.mkdir(parents=True, exist_ok=True)
 
     from scopert.acquisition import attach
+    from scopert.acquisition.cores import make_core
     from scopert.runtime import load
 
     core = make_core(spec)
