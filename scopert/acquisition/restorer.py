@@ -47,7 +47,7 @@ class RestoredFrame:
     restored: np.ndarray  # (C_out, [Z,] Y, X)
     raw: np.ndarray  # the frame (Y, X) or the stack (Z, Y, X) it was restored from
     meta: dict[str, Any]
-    latency_s: float  # from frameReady (of the last frame it needed) to here
+    latency_s: float  # from the frame's frameReady (a stack's last plane) to here; a 2D+t window waits for t+1
 
 
 @dataclass
