@@ -137,6 +137,20 @@ class _Lane:
         return sum(p[4] for p in self.pending)
 
 
+def restore_mode(card: Any, sequence: Any, name: str = "the model") -> str:
+    """How the MDA's frames reach a model with ``card``: 'frame' (2D), 'time' (2D+t windows) or 'volume' (3D
+    z-stacks); a model the sequence cannot feed is refused here, before a store or a thread exists."""
+    axes = card.input.axes
+    mode = "volume" if "z" in axes else "time" if "t" in axes else "frame"
+    if "c" in axes and card.input.channels != 1:
+        raise ConfigError(f"{name} takes {card.input.channels} channels per frame; an MDA delivers one channel per "
+                          "frame: use a one-channel model.")
+    if mode == "volume" and sequence_sizes(sequence)["z"] < 2:
+        raise ConfigError(f"{name} is a 3D model but the sequence has no z-plan; add a z_plan (a stack per time "
+                          "point) or use a 2D model.")
+    return mode
+
+
 class Restorer:
     """Restore the frames of one MDA (see the module doc); ``frame_ready`` is the frameReady slot."""
 
@@ -148,14 +162,7 @@ class Restorer:
         self.on_full, self.max_queue, self.on_restored = on_full, max_queue, on_restored
         self.predict_kwargs = predict_kwargs
         self.sizes = sequence_sizes(sequence)
-        axes = model.card.input.axes
-        self.mode = "volume" if "z" in axes else "time" if "t" in axes else "frame"
-        if self.mode != "frame" and "c" in axes and model.card.input.channels != 1:
-            raise ConfigError(f"{model.path.name} takes {model.card.input.channels} channels per frame; an MDA "
-                              "delivers one channel per frame: use a one-channel model.")
-        if self.mode == "volume" and self.sizes["z"] < 2:
-            raise ConfigError(f"{model.path.name} is a 3D model but the sequence has no z-plan; add a z_plan (a "
-                              "stack per time point) or use a 2D model.")
+        self.mode = restore_mode(model.card, sequence, model.path.name)
         self.report = AcquisitionReport()
         self._lanes: dict[Any, _Lane] = {}
         self._stacks: dict[tuple[int, int, int], dict[int, tuple[np.ndarray, dict]]] = {}
@@ -321,6 +328,7 @@ def attach(core: Any, model: Any, sequence: Any, out: str | Path | None = None, 
            physical: dict[str, tuple[float, str]] | None = None, **predict_kwargs: Any) -> Iterator[Restorer]:
     """Restore every frame of the MDA run inside the block: ``with attach(core, model, seq, "o.zarr") as r:
     core.mda.run(seq)``; then ``r.report``. ``physical`` overrides sizes per axis as (size, unit)."""
+    restore_mode(model.card, sequence, Path(model.path).name)  # refused before the store is created
     store = plan_store(core, model, sequence, out, ngff=ngff, physical=physical) if out is not None else None
     restorer = Restorer(model, sequence, store=store, on_full=on_full, max_queue=max_queue,
                         on_restored=on_restored, **predict_kwargs)

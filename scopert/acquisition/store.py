@@ -6,6 +6,11 @@ store is built at a temporary name and renamed when the acquisition ends, howeve
 an inference error, Ctrl-C): what was received is kept, the pyramids are filled, and the top-level attributes say
 how many frames each image holds and whether the sequence finished (``scopert_acquisition``). Planes never
 acquired read as zeros, planes never restored too; the counts say which.
+
+``OUT.tif`` / ``OUT.ome.tif`` instead: frames still land in an OME-Zarr working store as they arrive (a TIFF
+cannot grow along two images at once), and at the end one TIFF hyperstack (t, z, c, y, x, float32: the raw
+channels, then the restored ones, named Raw/Restored) is written from it time point by time point, with the
+physical sizes; the working store is removed once the TIFF is complete. Raw counts are exact in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from scopert.errors import OutputError
+from scopert.errors import ConfigError, OutputError
 from scopert.runtime.io.atomic import partial_path, remove_path
 from scopert.runtime.io.omezarr import (
     NGFF_DEFAULT,
@@ -26,6 +31,7 @@ from scopert.runtime.io.omezarr import (
     create_ome_zarr,
     fill_pyramid,
 )
+from scopert.runtime.io.outputs import OutputSpec, file_axes, open_writer, tiff_format
 from scopert.runtime.io.physical import PhysicalSizes
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,15 @@ class AcquisitionStore:
                  attrs: dict[str, Any] | None = None, ngff: str = NGFF_DEFAULT) -> None:
         zarr = _zarr()
         self.path = Path(path)
+        self.tiff = self.path.suffix.lower() in (".tif", ".tiff")
         self.tmp = partial_path(self.path)
+        if self.tiff:
+            if raw.shape[2:] != restored.shape[2:]:
+                raise ConfigError(f"-o {self.path}: a TIFF holds raw and restored frames as channels of one image, "
+                                  f"but the model changes the frame from {raw.shape[2:]} to {restored.shape[2:]} "
+                                  "(z, y, x); write OUT.zarr, which holds both images at their own sizes.")
+            self.tmp = self.tmp.with_name(self.tmp.name + ".zarr")
+        self.plans = {"raw": raw, "restored": restored}
         remove_path(self.tmp)
         self.closed = False
         try:
@@ -105,9 +119,41 @@ class AcquisitionStore:
                 array = image[level]
                 if time_points is not None and time_points < array.shape[0]:
                     _cut_time(array, time_points)
-            fill_pyramid(self.tmp / name)
-        if self.path.exists():
-            remove_path(self.path)
-        os.replace(self.tmp, self.path)
+            if not self.tiff:
+                fill_pyramid(self.tmp / name)
+        if self.tiff:
+            self._write_tiff(group)
+            remove_path(self.tmp)
+        else:
+            if self.path.exists():
+                remove_path(self.path)
+            os.replace(self.tmp, self.path)
         log.info("wrote %s", self.path)
         return self.path
+
+    def _write_tiff(self, group: Any) -> None:
+        """The working store as one TIFF hyperstack, one time point at a time (memory: one time point)."""
+        raw, restored = group["raw/0"], group["restored/0"]
+        names = (self.plans["raw"].channel_names or []) if raw.shape[1] > 1 else [""]  # one channel: Raw, Restored
+        names = names if len(names) == raw.shape[1] else [f"c{k}" for k in range(raw.shape[1])]
+        n_out = restored.shape[1] // raw.shape[1]
+        labels = [f"Raw {n}".strip() for n in names] + [
+            f"Restored {n}{f' {k}' if n_out > 1 else ''}".strip() for n in names for k in range(n_out)]
+        plan = self.plans["raw"]
+        axes = file_axes("tiff", "tczyx")
+        t, c, z, y, x = raw.shape[0], raw.shape[1] + restored.shape[1], *raw.shape[2:]
+        if t == 0:
+            log.warning("no frame arrived: %s is not written", self.path)
+            return
+        spec = OutputSpec(self.path, "tiff", axes, (t, z, c, y, x), np.dtype(np.float32),
+                          fmt=tiff_format(self.path, None), channel_names=labels,
+                          physical=PhysicalSizes({a: v for a, v in plan.scale.items() if a in plan.units},
+                                                 plan.units) or None)
+        try:
+            with open_writer(spec) as writer:
+                for k in range(t):
+                    both = np.concatenate([np.asarray(raw[k], np.float32), np.asarray(restored[k], np.float32)])
+                    writer.write((slice(k, k + 1),) + (slice(None),) * 4, both.transpose(1, 0, 2, 3)[None])
+        except OSError as e:
+            raise OutputError(f"writing {self.path} failed ({e}); every frame is still in {self.tmp} (OME-Zarr)") \
+                from e

@@ -1,5 +1,6 @@
 """``scopert acquire``: run a useq MDA sequence on a microscope (a Micro-Manager configuration) or on a replay
-camera, restoring every frame as it arrives; raw and restored frames go into one OME-Zarr store.
+camera, restoring every frame as it arrives; raw and restored frames go into one OME-Zarr store (or, -o OUT.tif, one
+TIFF hyperstack written at the end).
 
 ``--camera replay:MOVIE.tif[:FPS]`` plays a real recording (its planes in file order, looping) at FPS frames per
 second, so a lab rehearses a run before the microscope. Everything (the sequence, the model, the camera's file,
@@ -48,15 +49,16 @@ def parse_camera(camera: str | None, mm_config: str | None) -> Any:
 @click.option("--sequence", "sequence_path", required=True, type=click.Path(),
               help="A useq-schema MDA sequence (.yaml or .json): time, z and channel plans.")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(),
-              help="OUT.zarr: raw and restored frames (OUT.zarr/raw, OUT.zarr/restored), written as they arrive.")
+              help="OUT.zarr: raw and restored frames (OUT.zarr/raw, OUT.zarr/restored), written as they arrive; "
+                   "or OUT.tif / OUT.ome.tif: one hyperstack with Raw and Restored channels, written at the end.")
 @click.option("--mm-config", type=click.Path(), help="A Micro-Manager configuration (.cfg) for the microscope.")
 @click.option("--camera", help="replay:MOVIE.tif[:FPS]: a camera that plays a recording (a rehearsal).")
 @click.option("--on-full", type=click.Choice(["drop", "block"]), default="drop", show_default=True,
               help="When inference falls behind: drop the frame from restoration (counted; raw is still written) "
                    "or hold the MDA back.")
 @click.option("--max-queue", type=int, default=4, show_default=True, help="Frames waiting for inference.")
-@click.option("--ngff", type=click.Choice(["0.4", "0.5"]), default="0.4", show_default=True,
-              help="OME-Zarr version: 0.4 (Zarr v2) or 0.5 (Zarr v3).")
+@click.option("--ngff", type=click.Choice(["0.4", "0.5"]), default=None,
+              help="OME-Zarr version: 0.4 (Zarr v2, the default) or 0.5 (Zarr v3).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.zarr.")
 @backend_option()
 @click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="f32", show_default=True,
@@ -65,19 +67,19 @@ def parse_camera(camera: str | None, mm_config: str | None) -> Any:
 def acquire(model_path, sequence_path, output_path, mm_config, camera, on_full, max_queue, ngff, overwrite, backend,
             precision, json_path) -> None:
     """Run an MDA and restore its frames as they arrive (Micro-Manager via pymmcore-plus, or a replay camera)."""
+    from scopert.acquisition import read_sequence
+    from scopert.acquisition.restorer import restore_mode
     from scopert.commands import preflight as pf
 
     pf.check_count(max_queue, "--max-queue")
     spec = parse_camera(camera, mm_config)
-    from scopert.acquisition import read_sequence
-
     sequence = read_sequence(sequence_path)
-    card = pf.model_card(model_path, "-m")
-    if "c" in card.input.axes and card.input.channels != 1:
-        raise ConfigError(f"-m {model_path} takes {card.input.channels} channels per frame; an MDA delivers one "
-                          "channel per frame: use a one-channel model.")
+    restore_mode(pf.model_card(model_path, "-m"), sequence, f"-m {model_path}")
     output = pf.check_output_path(output_path, (model_path, sequence_path, spec.path), option="-o",
-                                  suffixes=(".zarr",), folder="creatable")
+                                  suffixes=(".zarr", ".tif", ".tiff"), folder="creatable")
+    if output.suffix.lower() != ".zarr" and ngff is not None:
+        raise ConfigError(f"--ngff {ngff} is for OME-Zarr outputs; -o {output} is a TIFF: drop --ngff or write "
+                          "OUT.zarr.")
     if output.exists() and not overwrite:
         raise ConfigError(f"-o {output} exists; add --overwrite to replace it, or choose another name.")
     json_out = pf.check_output_file(json_path, "--json", pf.JSON_OUT, inputs=(output,)) if json_path else None
@@ -97,7 +99,8 @@ def acquire(model_path, sequence_path, output_path, mm_config, camera, on_full, 
     interrupted = None
     restorer = None
     try:
-        with attach(core, model, sequence, output, ngff=ngff, on_full=on_full, max_queue=max_queue) as restorer:
+        with attach(core, model, sequence, output, ngff=ngff or "0.4", on_full=on_full,
+                    max_queue=max_queue) as restorer:
             _run_mda(core, sequence)
     except KeyboardInterrupt as exc:  # attach ended the MDA and wrote and closed what arrived
         if restorer is None:

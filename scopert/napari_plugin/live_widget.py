@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLin
 
 from scopert.errors import ScopertError
 from scopert.napari_plugin.model_panel import ModelPanel
-from scopert.napari_plugin.reader import read_zarr_layers
+from scopert.napari_plugin.reader import get_reader
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LiveWidget(QWidget):
         self.on_full = QComboBox()
         self.on_full.addItems(["drop", "block"])
         self.output = QLineEdit()
-        self.output.setPlaceholderText("OUT.zarr")
+        self.output.setPlaceholderText("OUT.zarr (or OUT.tif)")
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -116,8 +116,8 @@ class LiveWidget(QWidget):
 
         text = self.output.text().strip()
         if not text:
-            raise ScopertError("give an output OUT.zarr: raw and restored frames are written there as they arrive")
-        out = check_output_path(text, (), option="output", suffixes=(".zarr",), folder="creatable")
+            raise ScopertError("give an output (OUT.zarr, or OUT.tif): raw and restored frames are written there")
+        out = check_output_path(text, (), option="output", suffixes=(".zarr", ".tif", ".tiff"), folder="creatable")
         if out.exists():
             raise ScopertError(f"{out} exists; choose another name (a run never replaces a store)")
         return out
@@ -186,8 +186,9 @@ class LiveWidget(QWidget):
         for name in (LIVE_RAW, LIVE_RESTORED):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        if out.exists():
-            for data, meta, _kind in read_zarr_layers(out):
+        reader = get_reader(str(out)) if out.exists() else None
+        if reader is not None:
+            for data, meta, _kind in reader(str(out)):
                 meta["name"] = f"{out.stem} {meta['name']}"
                 self.viewer.add_image(data, **meta)
         if report is None:

@@ -220,3 +220,65 @@ def test_an_mda_that_ends_before_its_first_frame_leaves_an_empty_readable_store(
 
     group = zarr.open_group(str(tmp_path / "e.zarr"), mode="r")
     assert group["raw/0"].shape[0] == 0 == group["restored/0"].shape[0]
+
+
+def test_a_tiff_output_holds_raw_and_restored_channels_with_the_pixel_size(models, movie, tmp_path):
+    """-o OUT.ome.tif / OUT.tif: one hyperstack, Raw then Restored, opened by tifffile and by ScopeRT's reader."""
+    from scopert.runtime.io import read_image
+
+    model = load(exported("blindspot", models), precision="f32")
+    expect = model.predict(movie[:12], axes="tyx")
+    for name in ("run.ome.tif", "run.tif"):
+        core = replay_core(movie[:12], fps=None, pixel_size_um=0.65)
+        seq = useq.MDASequence(time_plan={"interval": 0.1, "loops": 12})
+        with attach(core, model, seq, tmp_path / name, on_full="block") as run:
+            core.mda.run(seq)
+        assert run.report.restored == 12 and not list(tmp_path.glob(".*.partial-*"))
+        with read_image(tmp_path / name) as image:
+            data = np.asarray(image.array)
+            assert image.axes == "tcyx" and image.channel_names == ["Raw", "Restored"]
+            assert image.physical.get("x") == pytest.approx(0.65) and image.physical.get("t") == pytest.approx(0.1)
+        np.testing.assert_array_equal(data[:, 0], movie[:12])  # raw counts, exact in float32
+        assert _rel(data[:, 1], expect) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no camera", "exactly one of them"),
+    ("both cameras", "exactly one of them"),
+    ("bad camera", "replay:MOVIE.tif"),
+    ("missing movie", "does not exist"),
+    ("missing sequence", "does not exist"),
+    ("not a sequence", "not a useq-schema MDA sequence"),
+    ("3D model, no z-plan", "no z-plan"),
+    ("output exists", "--overwrite"),
+    ("tiff with --ngff", "--ngff 0.5 is for OME-Zarr"),
+    ("wrong suffix", ".zarr"),
+])
+def test_scopert_acquire_refuses_bad_input_in_one_line_before_the_mda(case, words, models, data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from scopert.cli import cli
+    from scopert.errors import ScopertError
+
+    movie = str(data_dir / "trackpy_bulk_water" / "bulk_water_first40.tif")
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("time_plan:\n  interval: 0\n  loops: 3\n")
+    model = str(exported("unet" if case.startswith("3D") else "rcan2d", models))
+    out = tmp_path / ("run.tif" if "tiff" in case else "run.txt" if "suffix" in case else "run.zarr")
+    args = {"no camera": [], "both cameras": ["--camera", f"replay:{movie}", "--mm-config", movie],
+            "bad camera": ["--camera", "usb:0"], "missing movie": ["--camera", "replay:/nope/movie.tif:10"]}.get(
+        case, ["--camera", f"replay:{movie}"])
+    if case == "missing sequence":
+        seq = tmp_path / "missing.yaml"
+    if case == "not a sequence":
+        seq.write_text("time_plan: [1, 2\n")
+    if case == "output exists":
+        out.mkdir()
+    if "ngff" in case:
+        args += ["--ngff", "0.5"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["acquire", "-m", model, "--sequence", str(seq), "-o", str(out), *args])
+    exc = result.exception  # scopert.cli.main prints it as one line and exits with its code
+    assert isinstance(exc, ScopertError) and exc.exit_code == 2, (result.output, exc)
+    assert words in str(exc) and "\n" not in str(exc), str(exc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left half-made
