@@ -41,11 +41,12 @@ def _rel(got, expect):
     return float(np.abs(np.asarray(got, np.float64) - expect).max()) / span
 
 
-@pytest.mark.parametrize("family, axes", [("rcan2d", "zyx"), ("unet", "zyx"), ("blindspot", "tyx")])
+@pytest.mark.parametrize("family, axes", [("rcan", "zyx"), ("rcan2d", "zyx"), ("unet", "zyx"), ("tagan", "zyx"),
+                                          ("blindspot", "tyx"), ("cnnt", "tyx")])
 def test_the_restore_widget_runs_a_family_on_a_layer_with_its_scale(family, axes, models, isbi, make_napari_viewer,
                                                                       qtbot):
     viewer = make_napari_viewer()
-    data = np.ascontiguousarray(isbi[:6, 100:164, 200:280])
+    data = np.ascontiguousarray(isbi[:8, 100:164, 200:280])
     source = viewer.add_image(data, name="em", scale=(0.05, 0.004, 0.004), translate=(1.0, 2.0, 3.0),
                               axis_labels=tuple(axes))
     widget = RestoreWidget(viewer)
