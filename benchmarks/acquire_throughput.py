@@ -5,9 +5,9 @@ Real 512x512 frames (the ISBI 2012 EM stack, 30 planes, looped) played by the re
 blind-spot 2D+t denoiser), exported by ``scopert export`` (tests/families.py), ONNX Runtime or OpenVINO as
 ``auto`` picks, f32, ``on_full="drop"`` (the default). Per model:
 
-- sustained fps: the camera runs at rising frame rates, about 15 s each (30 to FRAMES frames); the highest rate at which every
-  frame was restored (dropped 0, failed 0) is what the adapter sustains, with its latency p50/p99 (frameReady ->
-  restored frame) at that rate;
+- sustained fps: the camera runs at rising frame rates, about 15 s each (30 to FRAMES frames); the highest rate
+  at which every frame was restored (dropped 0, failed 0) is what the adapter sustains, with its latency p50/p99
+  (frameReady -> restored frame) at that rate;
 - overhead: the MDA's own frame interval (frameReady to frameReady, median and p99) at that rate with and
   without ScopeRT attached (the same camera, the same sequence, side by side in this run), and with the camera
   at full speed, where any time the adapter takes on the MDA's thread shows directly.
@@ -93,7 +93,8 @@ def bench_family(family: str, frames: np.ndarray, rates: list[float], n: int, mo
         bare = run_once(model, frames, fps, frames_at(fps, n) if fps else n, False, folder)
         with_it = best if fps is not None else run_once(model, frames, None, n, True, folder)
         overhead["camera rate" if fps else "full speed"] = {
-            "fps": fps, "bare_interval_ms_p50": bare["interval_ms_p50"], "bare_interval_ms_p99": bare["interval_ms_p99"],
+            "fps": fps, "bare_interval_ms_p50": bare["interval_ms_p50"],
+            "bare_interval_ms_p99": bare["interval_ms_p99"],
             "attached_interval_ms_p50": with_it["interval_ms_p50"],
             "attached_interval_ms_p99": with_it["interval_ms_p99"],
             "attached_dropped": with_it["dropped"]}

@@ -95,7 +95,9 @@ class RestoreWidget(QWidget):
     def _refresh_layers(self, *_: Any) -> None:
         current = self.layer.currentText()
         self.layer.clear()
-        self.layer.addItems([lay.name for lay in self.viewer.layers if lay._type_string == "image"])
+        from napari.layers import Image
+
+        self.layer.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)])
         if current:
             self.layer.setCurrentText(current)
 
@@ -131,7 +133,8 @@ class RestoreWidget(QWidget):
             return model.predict(data, axes=data_axes, progress=on_tile), data_axes
 
         self.worker = create_worker(job, _start_thread=False, _connect={  # errored given: not re-raised in Qt
-            "returned": lambda result: self._done(layer, result), "errored": self._failed, "finished": self._idle})
+            "returned": lambda result: self._done(layer, model, result), "errored": self._failed,
+            "finished": self._idle})
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText(f"restoring {layer.name} ({total} tiles)…")
@@ -141,9 +144,8 @@ class RestoreWidget(QWidget):
         self._cancel.set()
         self.status.setText("cancelling…")
 
-    def _done(self, layer: Any, result: tuple[np.ndarray, str]) -> None:
+    def _done(self, layer: Any, model: Any, result: tuple[np.ndarray, str]) -> None:
         out, data_axes = result
-        model = self.panel.model
         kwargs = restored_layer_kwargs(layer, model, data_axes)
         name = f"{layer.name} restored ({model.card.family})"
         for data, meta, _kind in channel_layers(name, [out], model.output_axes(data_axes), kwargs, []):
