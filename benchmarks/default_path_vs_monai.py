@@ -12,13 +12,21 @@ of ``REPEATS``, alternated. Reports the tile, engine and precision the defaults 
 seconds, the ratios, and the max difference to MONAI over the output range. Writes
 ``benchmarks/results/default_path_vs_monai.{json,md}``.
 
-Run: ``.venv/bin/python benchmarks/default_path_vs_monai.py``  (needs ``pip install monai``)
+``--seed-size`` builds each family at its seed's default network size (``tests/families.SEED_SIZES``: 3D-RCAN's
+config.json, the shipped pytorch-3dunet checkpoint, CNNT's, the blind-spot's and TA-GAN's CLI defaults), the
+networks users bring: compute-bound, where engine and precision matter, unlike the small test networks (4-8
+channels, memory-bound). Writes ``benchmarks/results/default_path_vs_monai_seed_size.{json,md}``.
+
+Run: ``.venv/bin/python benchmarks/default_path_vs_monai.py [--seed-size] [--families rcan,unet]``
+(needs ``pip install monai``)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -95,6 +103,10 @@ def old_tile(model) -> dict[str, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed-size", action="store_true", help="each family at its seed's default network size")
+    parser.add_argument("--families", default=",".join(f for f, _ in CASES))
+    args = parser.parse_args()
     import onnxruntime as ort
 
     from scopert.runtime import load
@@ -107,8 +119,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vs_monai_"))
     data = images()
     rows = []
-    for family, image in CASES:
-        path = exported(family, work)
+    out = OUT.with_name(OUT.name + "_seed_size") if args.seed_size else OUT
+    for family, image in [c for c in CASES if c[0] in args.families.split(",")]:
+        path = exported(family, work, seed_size=args.seed_size)
         x = data[image]
         model = load(path, precision="auto", calibration=calibration_sample(x))  # as `scopert apply` does
         f32 = load(path, precision="f32")
@@ -143,7 +156,7 @@ def main() -> None:
                "max_diff_vs_monai_over_range": round(float(np.abs(outs["default"] - ref).max()) / span, 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    OUT.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"seed_size": args.seed_size, "rows": rows}, indent=1))
     lines = ["| family | image | default tile | engine, precision | default s | f32 default s | before (tile) s | "
              "MONAI+ORT (roi) s | x MONAI | x MONAI (f32) | x before | max diff vs MONAI / range |",
              "|" + "---|" * 12]
@@ -155,7 +168,8 @@ def main() -> None:
                      f"{r['x_before']} | {r['max_diff_vs_monai_over_range']} |")
     lines += ["", "Precision the defaults chose, and why:", ""]
     lines += [f"- {r['family']}: {r['precision']}: {r['precision_why']}" for r in rows]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    size = "each seed's default network size" if args.seed_size else "the small imported test networks (4-8 channels)"
+    out.with_suffix(".md").write_text(f"Networks: {size}; {os.cpu_count()} CPU threads.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,17 @@ class ModelCard:
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    def mask_threshold(self) -> float | None:
+        """The threshold that turns the output into a mask when the output is a segmentation, else None.
+
+        Precision gates judge a segmentation by its mask (Dice), a restoration by PSNR."""
+        post = self.postprocess or {}
+        config = self.training_config or {}
+        model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+        seg = bool(post.get("segmentation") or post.get("threshold") is not None
+                   or config.get("is_segmentation") or model_config.get("is_segmentation"))
+        return float(post.get("threshold", 0.5)) if seg else None
+
     # ---- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

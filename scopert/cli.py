@@ -381,8 +381,9 @@ def _interrupted(exc: BaseException) -> int:
 
 
 def _exit_now(code: int) -> None:
-    """Exit after a full disk without interpreter finalization. The outputs' temporaries are gone by now; the
-    HDF5 library, left with a file whose write failed, crashes (SIGSEGV) when h5py closes its objects at exit."""
+    """Exit without interpreter finalization, after an interrupt or a full disk. The outputs' temporaries are gone
+    by now; finalizing could crash: ONNX Runtime's C++ threads still running a tile abort the process (SIGABRT), and
+    the HDF5 library, left with a file whose write failed, crashes (SIGSEGV) when h5py closes its objects."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -403,10 +404,10 @@ def main() -> None:
     verbose = _verbose(sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort as exc:
-        sys.exit(_interrupted(exc))
-    except KeyboardInterrupt as exc:
-        sys.exit(_interrupted(exc))
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # the writers removed their temporaries while unwinding; finalizing the interpreter now could abort
+        # (SIGABRT, "terminate called without an active exception") while an engine thread is mid-run
+        _exit_now(_interrupted(exc))
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)

@@ -45,7 +45,14 @@ def summary_lines(card: ModelCard, model_name: str) -> list[str]:
                      f"(atol {check.get('atol', 0):g}) on {len(check.get('shapes', []))} shapes")
     for name, gate in (("bf16 gate", bf16_gate(card)), ("INT8 gate", int8_gate(card))):
         if gate is not None:
-            value = gate.get("psnr_db", gate.get("value"))
-            lines.append(f"{name:<12} {'passed' if gate.get('passed') else 'failed'}"
-                         + (f", {float(value):.1f} dB" if isinstance(value, (int, float)) else ""))
+            lines.append(f"{name:<12} {'passed' if gate.get('passed') else 'failed'}{_gate_value(gate)}")
     return lines
+
+
+def _gate_value(gate: dict) -> str:
+    """A gate's evidence in its own unit: the masks' Dice change for a segmentation, else PSNR."""
+    dice = gate.get("dice_change", gate.get("value") if gate.get("metric") == "dice_change" else None)
+    psnr = gate.get("psnr_db", gate.get("value") if gate.get("metric") == "psnr_db" else None)
+    if isinstance(dice, (int, float)):
+        return f", Dice change {float(dice):.4f} (segmentation masks)"
+    return f", {float(psnr):.1f} dB" if isinstance(psnr, (int, float)) else ""

@@ -36,16 +36,6 @@ log = logging.getLogger(__name__)
 INT8_SUFFIX = ".int8.xml"
 
 
-def is_segmentation(card: Any) -> tuple[bool, float]:
-    """Whether the card describes a segmentation output, and the threshold that makes its mask."""
-    post = card.postprocess or {}
-    config = card.training_config or {}
-    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
-    seg = bool(post.get("segmentation") or post.get("threshold") is not None
-               or config.get("is_segmentation") or model_config.get("is_segmentation"))
-    return seg, float(post.get("threshold", 0.5))
-
-
 @dataclass
 class Int8Result:
     path: Path
@@ -82,8 +72,8 @@ def quantize_int8(onnx_path: str | Path, tiles: np.ndarray, card: Any, out_path:
     os.replace(tmp.with_suffix(".bin"), out_path.with_suffix(".bin"))
     ref = np.concatenate([o.ravel() for o in _run_all(onnx_path, batches)])
     got = np.concatenate([o.ravel() for o in _run_all(out_path, batches)])
-    seg, thr = is_segmentation(card)
-    if seg:
+    thr = card.mask_threshold()
+    if thr is not None:
         value, threshold, metric = dice_change(ref, got, thr), max_dice_change, "dice_change"
         passed = value <= threshold
     else:
@@ -99,20 +89,22 @@ def quantize_int8(onnx_path: str | Path, tiles: np.ndarray, card: Any, out_path:
     return Int8Result(out_path, gate)
 
 
-def bf16_gate_record(onnx_path: str | Path, tiles: np.ndarray, threshold_db: float = 45.0) -> dict[str, Any]:
-    """PSNR of OpenVINO bf16 against f32 on real ``tiles``, as the card records it (or why it was not measured)."""
+def bf16_gate_record(onnx_path: str | Path, tiles: np.ndarray, card: Any, threshold_db: float = 45.0
+                     ) -> dict[str, Any]:
+    """OpenVINO bf16 against f32 on real ``tiles``, as the card records it (or why it was not measured): PSNR, and
+    for a segmentation output the Dice change of its masks, which then decides."""
     from scopert.runtime.cpu import cpu_caps
-    from scopert.runtime.selection.precision import measure_bf16_psnr
+    from scopert.runtime.selection.precision import bf16_verdict, measure_bf16
 
     caps = cpu_caps()
     if not caps.bf16:
         return {"measured": False, "passed": False, "why": f"the exporting CPU has no bf16 ({caps.bf16_evidence}); "
                 "re-run `scopert export --cpu-gates` on a bf16 CPU", "cpu": caps.key}
-    psnr, counts = measure_bf16_psnr(onnx_path, [tiles[i:i + 1] for i in range(len(tiles))])
-    return {"measured": True, "psnr_db": float(round(psnr, 2)) if np.isfinite(psnr) else None, "threshold_db": threshold_db,
-            "passed": bool(counts.get("bf16", 0) and psnr >= threshold_db), "tiles": len(tiles),
-            "tile_shape": list(tiles.shape[1:]), "bf16_ops": counts.get("bf16", 0), "cpu": caps.key,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    gate = measure_bf16(onnx_path, [tiles[i:i + 1] for i in range(len(tiles))], mask_threshold=card.mask_threshold())
+    gate.pop("runtime_precisions")
+    gate.update(measured=True, threshold_db=threshold_db, tile_shape=list(tiles.shape[1:]), cpu=caps.key,
+                measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return dict(gate, passed=bf16_verdict(gate, threshold_db)[0])
 
 
 def record_cpu_gates(onnx_path: str | Path, calib: Sequence[str | os.PathLike] | None = None, int8: bool = False,
@@ -126,7 +118,7 @@ def record_cpu_gates(onnx_path: str | Path, calib: Sequence[str | os.PathLike] |
     onnx_path = Path(onnx_path)
     card = read_card(onnx_path)
     batch = load_calibration(card, list(calib) if calib else None, tiles=tiles)
-    gates = {"bf16_gate": bf16_gate_record(onnx_path, batch)}
+    gates = {"bf16_gate": bf16_gate_record(onnx_path, batch, card)}
     if int8:
         gates["int8_gate"] = quantize_int8(onnx_path, batch, card).gate
     card.precision.update(gates)

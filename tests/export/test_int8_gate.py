@@ -53,18 +53,17 @@ def test_int8_quantized_gated_recorded_and_loaded(tmp_path, data_dir):
     ({"name": "UNet3D", "in_channels": 1, "out_channels": 2, "f_maps": 16, "final_sigmoid": False}, True),
     ({"name": "UNet3D", "in_channels": 1, "out_channels": 1, "f_maps": 16, "is_segmentation": False}, False),
 ])
-def test_unet_cards_say_segmentation_so_int8_is_judged_by_dice(model_config, segmentation):
-    """A pytorch-3dunet segmentation export ends in its activation: the INT8 gate must use the Dice rule (the
+def test_unet_cards_say_segmentation_so_gates_judge_by_dice(model_config, segmentation):
+    """A pytorch-3dunet segmentation export ends in its activation: the INT8 and bf16 gates use the Dice rule (the
     ISBI U-Net was judged by PSNR before, because only training_config['model'] said so)."""
-    from scopert.export.int8 import is_segmentation
     from scopert.training.unet.model import card_fields
 
     fields = card_fields(model_config)
     card = ModelCard(family="unet", name="u", input=TensorSpec(**fields["input"]),
                      output=TensorSpec(**fields["output"]), postprocess=fields["postprocess"])
-    assert is_segmentation(card) == (segmentation, 0.5)
+    assert card.mask_threshold() == (0.5 if segmentation else None)
     if segmentation:
         assert fields["postprocess"]["activation"] == ("sigmoid" if model_config["final_sigmoid"] else "softmax")
     older = ModelCard(family="unet", name="u", input=card.input, output=card.output,
                       training_config={"model": {"is_segmentation": segmentation}})
-    assert is_segmentation(older)[0] == segmentation
+    assert (older.mask_threshold() is not None) == segmentation

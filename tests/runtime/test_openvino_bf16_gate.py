@@ -1,5 +1,5 @@
 """bf16 is earned: refused on a CPU without bf16 (faked), refused without a measurement, gated at the
-threshold on a recorded PSNR, the record keyed by model hash and CPU and reused."""
+threshold on a recorded PSNR (a segmentation on its masks' Dice), the record keyed by model hash and CPU and reused."""
 
 from __future__ import annotations
 
@@ -64,6 +64,44 @@ def test_recorded_gate_is_reused_and_thresholded(model2d):
     # another CPU has no record: no reuse across machines
     other = CpuCaps("Other bf16 CPU", frozenset({"amx_bf16"}), ())
     assert decide_precision(model2d, "bf16", caps=other).precision == "fp32"
+
+
+def test_a_segmentation_is_gated_by_its_masks_and_an_older_psnr_record_is_measured_again(model2d, data_dir):
+    _record(model2d, 30.0)  # recorded before segmentations were judged by Dice: PSNR only
+    assert decide_precision(model2d, "bf16", caps=BF16).precision == "fp32"  # a restoration: PSNR decides
+    stale = decide_precision(model2d, "bf16", caps=BF16, mask_threshold=0.5)  # no tiles: nothing to judge masks on
+    assert stale.precision == "fp32" and "no accuracy gate has been measured" in stale.reason
+    img = tifffile.imread(data_dir / "stardist_nuclei_2d" / "stardist_dsb2018_img2d.tif")
+    with load(model2d, backend="ort") as model:
+        tiles = model.sample_tiles(img, n=2, tile=(128, 128))
+    gate = decide_precision(model2d, "bf16", tiles=tiles, caps=BF16, mask_threshold=0.5)
+    records = json.loads(gate_path(model2d).read_text())["records"]
+    rec = next(iter(records.values()))
+    assert len(records) == 1 and rec["mask_threshold"] == 0.5 and 0 <= rec["dice_change"] <= 1
+    if rec["bf16_ops"]:
+        assert "Dice change of the masks (> 0.5) measured on 2 real tile(s)" in gate.reason
+        assert gate.precision == ("bf16" if rec["dice_change"] <= 0.01 else "fp32")
+
+
+def test_the_imported_unet_earns_bf16_by_dice_on_its_own_volume(tmp_path, data_dir):
+    """Issue 24: a pytorch-3dunet segmentation (softmax probabilities) was refused bf16 by PSNR (39.7 dB) although
+    its masks agree; the gate measured on the run's own tiles now uses the Dice rule, as the INT8 gate does."""
+    import h5py
+
+    from scopert.runtime.cpu import cpu_caps
+    from tests.families import exported
+
+    path = exported("unet", tmp_path)
+    with h5py.File(data_dir / "ovule_3d_seg" / "pytorch3dunet_sample_patch.h5", "r") as f:
+        vol = f["raw"][:32, :96, :96]
+    with load(path, precision="auto", calibration=vol) as model:
+        decision = model.precision_decision
+    if not cpu_caps().bf16:
+        assert decision.precision == "fp32" and "no bf16" in decision.reason
+        return
+    rec = next(iter(json.loads(gate_path(path).read_text())["records"].values()))
+    assert rec["mask_threshold"] == 0.5 and "Dice change of the masks" in decision.reason, decision.reason
+    assert decision.precision == ("bf16" if rec["bf16_ops"] and rec["dice_change"] <= 0.01 else "fp32")
 
 
 def test_gate_measures_real_tiles_and_records(model2d, data_dir, monkeypatch):

@@ -29,11 +29,15 @@ def _card(bf16=None, int8=None) -> ModelCard:
 
 
 @pytest.mark.parametrize("cpu_bf16, gate, want, words", [
-    (True, PASSED, "bf16", "gate passed: 52.3 dB >= 45 dB"),
+    (True, PASSED, "bf16", "on 4 real tile(s) is 52.3 dB >= 45 dB"),
     (False, PASSED, "fp32", "this CPU has no bf16"),
     (True, None, "fp32", "records no bf16 gate"),
-    (True, dict(PASSED, psnr_db=44.9), "fp32", "44.9 dB on 4 real tile(s), below 45 dB"),
-    (True, dict(PASSED, bf16_ops=0), "fp32", "no op running in bf16"),
+    (True, dict(PASSED, psnr_db=44.9), "fp32", "on 4 real tile(s) is 44.9 dB, below the 45 dB gate"),
+    (True, dict(PASSED, bf16_ops=0), "fp32", "ran no op in bf16"),
+    # a segmentation is judged by its masks (the INT8 rule): low PSNR on probabilities, same masks -> bf16
+    (True, dict(PASSED, psnr_db=39.7, dice_change=0.0021, mask_threshold=0.5), "bf16",
+     "Dice change of the masks (> 0.5) measured on 4 real tile(s) is 0.0021 (segmentation output; PSNR 39.7 dB) <= 0.01"),
+    (True, dict(PASSED, psnr_db=60.0, dice_change=0.05, mask_threshold=0.5), "fp32", "is 0.0500 (segmentation output"),
 ])
 def test_auto_needs_cpu_and_recorded_gate(cpu_bf16, gate, want, words):
     d = decide("auto", _card(gate), cpu_bf16, "avx512_bf16" if cpu_bf16 else "")
@@ -118,3 +122,15 @@ def test_export_with_calib_alone_records_the_bf16_gate(tmp_path, data_dir):
     res = CliRunner().invoke(cli, ["export", str(info.folder), "-o", str(tmp_path / "x.onnx"), "--calib", str(tile),
                                    "--no-cpu-gates"])
     assert res.exit_code != 0 and "drop --calib or --no-cpu-gates" in str(res.exception)
+
+
+@pytest.mark.parametrize("gate, text", [
+    (PASSED, ", 52.3 dB"),
+    (dict(PASSED, dice_change=0.0021, mask_threshold=0.5), ", Dice change 0.0021 (segmentation masks)"),
+    ({"metric": "dice_change", "value": 0.004, "threshold": 0.01, "passed": True}, ", Dice change 0.0040"),
+    ({"metric": "psnr_db", "value": 41.25, "threshold": 40.0, "passed": True}, ", 41.2 dB"),
+])
+def test_info_shows_each_gate_in_its_own_unit(gate, text):
+    from scopert.commands.info import _gate_value
+
+    assert _gate_value(gate).startswith(text)

@@ -159,7 +159,7 @@ def decide_run_precision(requested: str, card: Any, path: Path, engine: str | No
             log.debug("no gate tiles from the calibration data: %s", exc)
             tiles = None
         if requested == "bf16" or tiles is not None or pc.gate_path(path).exists():
-            measured = pc.decide_precision(path, "bf16", tiles, threshold_db, threads, caps)
+            measured = pc.decide_precision(path, "bf16", tiles, threshold_db, threads, caps, card.mask_threshold())
             decision = pc.PrecisionDecision(requested, measured.precision, f"{requested}: {measured.reason}",
                                             refused=requested == "bf16" and measured.precision != "bf16")
     if decision.refused:

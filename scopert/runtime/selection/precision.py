@@ -1,19 +1,21 @@
 """Which precision a CPU run uses: ``auto`` (the CLI default), ``f32``, ``bf16`` or ``int8``, decided before the
 backend is opened, from the model's card, a gate recorded beside the model, or one measured now on real tiles.
 
-``auto`` picks bf16 only when the CPU has bf16 AND the card records a passed bf16 gate (PSNR of OpenVINO
-bf16 against f32 on real tiles >= 45 dB, measured at ``scopert export --cpu-gates``); otherwise f32, and
+``auto`` picks bf16 only when the CPU has bf16 AND the card records a passed bf16 gate (OpenVINO bf16 against
+f32 on real tiles: PSNR >= 45 dB; for a segmentation output, the masks' Dice change <= 0.01, the INT8 rule,
+measured at ``scopert export``); otherwise f32, and
 the reason names what was missing. ``auto`` never picks int8: INT8 changes results more than bf16 and is
 only used when asked for. ``f32`` always runs f32. An explicit ``bf16`` or ``int8`` that the CPU or the
 card's gate does not allow is refused with a ConfigError (only ``auto`` falls back silently to f32).
 
 The gates live in ``card.precision``:
-  ``bf16_gate``: {"psnr_db", "threshold_db", "passed", "tiles", "bf16_ops", "cpu", "measured_at"}
+  ``bf16_gate``: {"psnr_db", "threshold_db", "passed", "tiles", "bf16_ops", "cpu", "measured_at"; a segmentation
+                  adds "dice_change" and "mask_threshold", and Dice decides}
   ``int8_gate``: {"metric" ("psnr_db" or "dice_change"), "value", "threshold", "passed", "file" (the
                   quantized OpenVINO IR beside the ONNX), "tiles", "cpu", "measured_at"}
 
-Without a gate in the card, bf16 is earned on this CPU: the PSNR of OpenVINO bf16 against OpenVINO f32 on real
-tiles (``measure_bf16_psnr``) is written beside the model (``<model>.bf16gate.json``), keyed by the model's sha256,
+Without a gate in the card, bf16 is earned on this CPU: OpenVINO bf16 against OpenVINO f32 on real tiles
+(``measure_bf16``, the same rules) is written beside the model (``<model>.bf16gate.json``), keyed by the model's sha256,
 the CPU and the OpenVINO version, and a later run reuses it instead of measuring again.
 
 Imports numpy, the runtime's leaves and planning; OpenVINO only through its backend, lazily. Never torch or onnx.
@@ -33,13 +35,14 @@ import numpy as np
 
 from scopert.checksum import sha256_file
 from scopert.errors import ConfigError
-from scopert.runtime.compare import psnr_db
+from scopert.runtime.compare import dice_change, psnr_db
 from scopert.runtime.cpu import CpuCaps, cpu_caps
 
 log = logging.getLogger(__name__)
 
 PRECISION_CHOICES = ("auto", "f32", "bf16", "int8")
 BF16_GATE_DB = 45.0
+BF16_GATE_DICE = 0.01  # a segmentation's masks, as the INT8 gate: PSNR of probabilities says little about masks
 INT8_GATE_DB = 40.0
 INT8_GATE_DICE = 0.01
 
@@ -68,17 +71,31 @@ def int8_gate(card: Any) -> dict[str, Any] | None:
     return gate if isinstance(gate, dict) else None
 
 
+def bf16_verdict(gate: dict[str, Any], threshold_db: float = BF16_GATE_DB, how: str = "measured"
+                 ) -> tuple[bool, str]:
+    """Whether a measured bf16 gate (the card's or the one recorded beside the model) passes, and the evidence:
+    a segmentation by its masks' Dice change, anything else by PSNR."""
+    where = f"{how} on {gate.get('tiles')} real tile(s)"
+    psnr = gate.get("psnr_db")
+    psnr = float("inf") if psnr is None else float(psnr)
+    if not gate.get("bf16_ops"):
+        return False, "OpenVINO ran no op in bf16 on this CPU (no bf16 kernels)"
+    if gate.get("dice_change") is not None:
+        change = float(gate["dice_change"])
+        text = (f"Dice change of the masks (> {gate.get('mask_threshold')}) {where} is {change:.4f} "
+                f"(segmentation output; PSNR {psnr:.1f} dB)")
+        return change <= BF16_GATE_DICE, f"{text} {'<=' if change <= BF16_GATE_DICE else 'above'} {BF16_GATE_DICE:g}"
+    if psnr < threshold_db:
+        return False, f"PSNR(bf16 vs f32) {where} is {psnr:.1f} dB, below the {threshold_db:g} dB gate"
+    return True, f"PSNR(bf16 vs f32) {where} is {psnr:.1f} dB >= {threshold_db:g} dB"
+
+
 def _bf16_passed(gate: dict[str, Any] | None, threshold_db: float) -> tuple[bool, str]:
     if gate is None:
         return False, ("the card records no bf16 gate (`scopert apply`/`stream` measure it on the first tiles of "
                        "their input and record it beside the model; or `scopert export RUN -o M.onnx --calib FILE`)")
-    if not gate.get("bf16_ops"):
-        return False, "the card's bf16 gate found no op running in bf16"
-    psnr = gate.get("psnr_db")
-    psnr = float("inf") if psnr is None else float(psnr)
-    if psnr < threshold_db:
-        return False, f"the card's bf16 gate measured {psnr:.1f} dB on {gate.get('tiles')} real tile(s), below {threshold_db:g} dB"
-    return True, f"the card's bf16 gate passed: {psnr:.1f} dB >= {threshold_db:g} dB on {gate.get('tiles')} real tile(s)"
+    passed, why = bf16_verdict(gate, threshold_db)
+    return passed, f"the card's bf16 gate {'passed' if passed else 'failed'}: {why}"
 
 
 def decide(requested: str, card: Any, cpu_bf16: bool, cpu_evidence: str = "", model_path: str | Path | None = None,
@@ -153,26 +170,32 @@ def _write_record(path: Path, key: str, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def measure_bf16_psnr(model_path: str | Path, tiles: Sequence[np.ndarray], threads: int | None = None
-                      ) -> tuple[float, dict[str, int]]:
-    """PSNR of OpenVINO bf16 against OpenVINO f32 over ``tiles`` (model-layout batches), and the op
-    counts per runtime precision of the bf16 compile (proof that bf16 kernels really ran)."""
+def measure_bf16(model_path: str | Path, tiles: Sequence[np.ndarray], threads: int | None = None,
+                 mask_threshold: float | None = None) -> dict[str, Any]:
+    """OpenVINO bf16 against OpenVINO f32 over ``tiles`` (model-layout batches): the PSNR, for a segmentation
+    (``mask_threshold``) the Dice change of the masks, and the op counts per runtime precision of the bf16 compile
+    (proof that bf16 kernels really ran)."""
     from scopert.runtime.backends.openvino import OpenVinoBackend
 
     f32 = OpenVinoBackend(model_path, threads=threads, precision="f32")
     bf16 = OpenVinoBackend(model_path, threads=threads, precision="bf16")
-    ref, got = [], []
-    for tile in tiles:
-        ref.append(f32.run(tile).ravel())
-        got.append(bf16.run(tile).ravel())
+    ref = np.concatenate([f32.run(tile).ravel() for tile in tiles])
+    got = np.concatenate([bf16.run(tile).ravel() for tile in tiles])
     counts = bf16.runtime_precisions((1,) + tuple(np.asarray(tiles[0]).shape[1:]))
-    return psnr_db(np.concatenate(ref), np.concatenate(got)), counts
+    psnr = psnr_db(ref, got)
+    gate = {"psnr_db": round(float(psnr), 2) if np.isfinite(psnr) else None, "identical": not np.isfinite(psnr),
+            "tiles": len(tiles), "tile_shape": list(np.asarray(tiles[0]).shape), "bf16_ops": counts.get("bf16", 0),
+            "runtime_precisions": counts}
+    if mask_threshold is not None:
+        gate.update(dice_change=round(dice_change(ref, got, mask_threshold), 5), mask_threshold=mask_threshold)
+    return gate
 
 
 def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequence[np.ndarray] | None = None,
                      threshold_db: float = BF16_GATE_DB, threads: int | None = None,
-                     caps: CpuCaps | None = None) -> GateResult:
-    """Decide between f32 and bf16 for ``model_path`` on this CPU; never raises for a refusal."""
+                     caps: CpuCaps | None = None, mask_threshold: float | None = None) -> GateResult:
+    """Decide between f32 and bf16 for ``model_path`` on this CPU; never raises for a refusal.
+    ``mask_threshold``: the card's, when its output is a segmentation (the gate then judges the masks)."""
     if requested in ("f32", "fp32"):
         return GateResult("fp32", "f32 requested (the default)", threshold_db=threshold_db)
     if requested != "bf16":
@@ -184,6 +207,8 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
     path = gate_path(model_path)
     key = f"{sha256_file(model_path)}|{caps.key}|{_engine_version()}"
     record = _read_records(path).get(key)
+    if record is not None and mask_threshold is not None and record.get("dice_change") is None:
+        record = None  # recorded before segmentations were judged by their masks: measure again
     reused = record is not None
     if record is None:
         if not tiles:
@@ -191,26 +216,19 @@ def decide_precision(model_path: str | Path, requested: str = "f32", tiles: Sequ
                               "give real data to measure it (`scopert bench MODEL --precision bf16 --data FILE`, or "
                               "load(..., precision='bf16', calibration=array)); running in f32",
                               threshold_db=threshold_db, record=str(path))
-        psnr, counts = measure_bf16_psnr(model_path, tiles, threads)
-        record = {"psnr_db": psnr if np.isfinite(psnr) else None, "identical": not np.isfinite(psnr),
-                  "tiles": len(tiles), "tile_shape": list(np.asarray(tiles[0]).shape), "bf16_ops": counts.get("bf16", 0),
-                  "runtime_precisions": counts, "cpu": caps.key, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record = dict(measure_bf16(model_path, tiles, threads, mask_threshold), cpu=caps.key,
+                      measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         try:
             _write_record(path, key, record)
         except OSError as exc:
             log.warning("could not record the bf16 gate beside the model (%s): %s", path, exc)
-    if not record.get("bf16_ops"):
-        return GateResult("fp32", "bf16 refused: OpenVINO ran no op in bf16 on this CPU (no bf16 kernels); "
-                          "running in f32", record=str(path), reused=reused, threshold_db=threshold_db)
+    passed, why = bf16_verdict(record, threshold_db, "recorded" if reused else "measured")
     psnr = float("inf") if record.get("psnr_db") is None else float(record["psnr_db"])
-    where = "recorded" if reused else "measured"
-    if psnr < threshold_db:
-        return GateResult("fp32", f"bf16 refused: PSNR(bf16 vs f32) {where} on {record['tiles']} real tile(s) is "
-                          f"{psnr:.1f} dB, below the {threshold_db:g} dB gate; running in f32",
-                          psnr_db=psnr, threshold_db=threshold_db, reused=reused, record=str(path))
-    return GateResult("bf16", f"bf16 earned: PSNR(bf16 vs f32) {where} on {record['tiles']} real tile(s) is "
-                      f"{psnr:.1f} dB >= {threshold_db:g} dB on {caps.model} ({caps.bf16_evidence})",
-                      psnr_db=psnr, threshold_db=threshold_db, reused=reused, record=str(path))
+    if not passed:
+        return GateResult("fp32", f"bf16 refused: {why}; running in f32", psnr_db=psnr, threshold_db=threshold_db,
+                          reused=reused, record=str(path))
+    return GateResult("bf16", f"bf16 earned: {why} on {caps.model} ({caps.bf16_evidence})", psnr_db=psnr,
+                      threshold_db=threshold_db, reused=reused, record=str(path))
 
 
 def _engine_version() -> str:
