@@ -87,13 +87,19 @@ class Planner:
                              pinned)
         return choice.tile, choice.why()
     def _bytes_per_voxel(self) -> int:
-        """Activation bytes per tile voxel: the widest filter bank x 4 B x ``LIVE_BUFFERS`` (read once)."""
+        """Activation bytes per tile voxel x ``LIVE_BUFFERS``: the largest activation per input voxel the export
+        recorded (shape inference), else the widest filter bank x 4 B (read once)."""
         if self._voxel_bytes is None:
             from scopert.runtime.onnx_file import widest_filter_bank
             from scopert.runtime.tile_cost import LIVE_BUFFERS
 
-            channels = widest_filter_bank(self.path) if self.path.suffix == ".onnx" else 64
-            self._voxel_bytes = 4 * LIVE_BUFFERS * max(channels, self.card.input.channels, self.card.output.channels)
+            recorded = ((self.card.verification or {}).get("activations") or {}).get("largest_bytes_per_voxel")
+            if isinstance(recorded, (int, float)) and recorded > 0:
+                self._voxel_bytes = LIVE_BUFFERS * int(recorded)
+            else:
+                channels = widest_filter_bank(self.path) if self.path.suffix == ".onnx" else 64
+                self._voxel_bytes = 4 * LIVE_BUFFERS * max(channels, self.card.input.channels,
+                                                           self.card.output.channels)
         return self._voxel_bytes
     def _scales(self) -> dict[str, float]:
         out = dict(self.card.output.scale)

@@ -240,3 +240,20 @@ def test_export_small_rcan(tmp_path, ndim):
     assert set(card.halo) == set(spatial)
     assert all(3 <= h <= structural for h in card.halo.values()), card.halo
     assert read_card(out) == card
+
+
+def test_the_card_records_the_largest_activation_that_tiles_are_sized_by(tmp_path):
+    """A U-Net's widest filter bank lives at a coarse level: sizing tiles by it (channels x 4 B at every voxel)
+    overestimated memory and made tiles small. The export records the largest activation per input voxel from
+    ONNX shape inference (the full-resolution concat of skip and upsampled path), and the planner uses it."""
+    from scopert.runtime import load
+    from scopert.runtime.onnx_file import widest_filter_bank
+    from tests.families import exported
+
+    path = exported("unet", tmp_path)  # f_maps 8, 3 levels: channels 8, 16, 32
+    acts = read_card(path).verification["activations"]
+    assert acts["largest_bytes_per_voxel"] == (8 + 16) * 4 and "Concat" in acts["tensor"], acts
+    assert widest_filter_bank(path) * 4 == 192 > 96  # the fallback (48 channels in, at half resolution) doubles it
+    with load(path, backend="ort") as model:
+        _, why = model.tile_choice({"z": 64, "y": 200, "x": 200})
+    assert "(384 B per voxel)" in why, why  # 4 live buffers of the largest activation
