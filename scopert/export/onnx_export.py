@@ -124,7 +124,7 @@ def largest_activation(proto: Any, card: ModelCard, shape: tuple[int, ...]) -> d
     except Exception as exc:  # noqa: BLE001 - an estimate only; the runtime falls back to the widest bank
         log.info("no activation sizes from shape inference (%s); the runtime sizes tiles by the widest bank", exc)
         return None
-    voxels = math.prod(int(n) for n, ax in zip(shape, card.input.axes) if ax not in "bc")
+    voxels = math.prod(int(n) for n, ax in zip(shape, card.input.axes) if ax != "c")  # the batch counts too
     largest, where = 0, ""
     for value in list(inferred.value_info) + list(inferred.output):
         t = value.type.tensor_type
