@@ -26,7 +26,6 @@ TIME_LIMIT_MINUTES = 2.0
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_w2s_blindspot_denoises_held_out_frames(data_dir, tmp_path):
     start = time.monotonic()
     folder = data_dir / "w2s_8bit_pairs"

@@ -48,7 +48,6 @@ def _write(path, noisy, clean) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_cnnt_bulk_water_gains_6db_through_runtime(tmp_path, data_dir):
     noisy, clean = _noisy_movie(data_dir)
     _write(tmp_path / "train.h5", noisy[:TRAIN_FRAMES, :, :512], clean[:TRAIN_FRAMES, :, :512])

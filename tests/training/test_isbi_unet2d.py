@@ -129,7 +129,6 @@ def run_isbi(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float |
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_isbi_unet2d_membranes_beat_the_threshold_baseline(tmp_path, data_dir):
     r = run_isbi(data_dir, tmp_path)
     numbers = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()

@@ -113,7 +113,6 @@ def run_ovule(data_dir: Path, work: Path, iters: int = ITERS, time_limit: float 
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_ovule_unet3d_boundaries_on_held_out_planes(tmp_path, data_dir):
     r = run_ovule(data_dir, tmp_path)
     print("\nOvule UNet3D:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})

@@ -55,7 +55,6 @@ def _write_stack(path, inp, target, seg) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_tagan_semisynthetic_restores_and_segments_held_out(data_dir, tmp_path):
     start = time.monotonic()
     rng = np.random.default_rng(0)

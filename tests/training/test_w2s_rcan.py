@@ -36,7 +36,6 @@ def _si_ssim(img: np.ndarray, clean: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.clock
 def test_w2s_rcan_denoises_held_out_slices(data_dir, tmp_path):
     start = time.monotonic()
     folder = data_dir / "w2s_8bit_pairs"
