@@ -30,6 +30,7 @@ import numpy as np
 
 from scopert.errors import ConfigError
 from scopert.runtime.compare import dice_change, psnr_db
+from scopert.runtime.selection.precision import BF16_GATE_DB, INT8_GATE_DB, INT8_GATE_DICE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _run_all(path: str | Path, tiles: Sequence[np.ndarray], precision: str = "f3
 
 
 def quantize_int8(onnx_path: str | Path, tiles: np.ndarray, card: Any, out_path: str | Path | None = None,
-                  threshold_db: float = 40.0, max_dice_change: float = 0.01) -> Int8Result:
+                  threshold_db: float = INT8_GATE_DB, max_dice_change: float = INT8_GATE_DICE) -> Int8Result:
     """Quantize ``onnx_path`` with NNCF on ``tiles`` (N, ...) and gate INT8 against f32 on them."""
     try:
         import nncf
@@ -89,7 +90,7 @@ def quantize_int8(onnx_path: str | Path, tiles: np.ndarray, card: Any, out_path:
     return Int8Result(out_path, gate)
 
 
-def bf16_gate_record(onnx_path: str | Path, tiles: np.ndarray, card: Any, threshold_db: float = 45.0
+def bf16_gate_record(onnx_path: str | Path, tiles: np.ndarray, card: Any, threshold_db: float = BF16_GATE_DB
                      ) -> dict[str, Any]:
     """OpenVINO bf16 against f32 on real ``tiles``, as the card records it (or why it was not measured): PSNR, and
     for a segmentation output the Dice change of its masks, which then decides."""

@@ -129,17 +129,14 @@ def largest_activation(proto: Any, card: ModelCard, shape: tuple[int, ...]) -> d
     for value in list(inferred.value_info) + list(inferred.output):
         t = value.type.tensor_type
         sizes = [d.dim_value for d in t.shape.dim]
-        if not sizes or any(n <= 0 for n in sizes) or t.elem_type not in _ELEM_BYTES:
+        if not sizes or any(n <= 0 for n in sizes) or not t.elem_type:
             continue
-        per_voxel = math.prod(sizes) * _ELEM_BYTES[t.elem_type] / voxels
+        per_voxel = math.prod(sizes) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize / voxels
         if per_voxel > largest:
             largest, where = per_voxel, value.name
     if not largest:
         return None
     return {"largest_bytes_per_voxel": math.ceil(largest), "tensor": where, "input_shape": list(shape)}
-
-
-_ELEM_BYTES = {1: 4, 10: 2, 11: 8, 16: 2, 6: 4, 7: 8, 9: 1, 2: 1, 3: 1}  # float, f16, f64, bf16, i32, i64, bool, u8, i8
 
 
 def read_card(onnx_path: str | os.PathLike) -> ModelCard:

@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 PRECISION_CHOICES = ("auto", "f32", "bf16", "int8")
 BF16_GATE_DB = 45.0
-BF16_GATE_DICE = 0.01  # a segmentation's masks, as the INT8 gate: PSNR of probabilities says little about masks
 INT8_GATE_DB = 40.0
 INT8_GATE_DICE = 0.01
+BF16_GATE_DICE = INT8_GATE_DICE  # a segmentation's masks, as the INT8 gate: PSNR of probabilities says little of masks
 
 
 @dataclass
