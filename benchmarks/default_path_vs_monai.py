@@ -102,6 +102,16 @@ def old_tile(model) -> dict[str, int]:
     return {ax: nominal_tile(model.card, ax) for ax in model.in_layout.tiled}
 
 
+def merged(path: Path, rows: list[dict]) -> list[dict]:
+    """This run's rows with the recorded rows of families it did not run (``--families``), in ``CASES`` order."""
+    try:
+        kept = {r["family"]: r for r in json.loads(path.read_text())["rows"]}
+    except (OSError, ValueError, KeyError):
+        kept = {}
+    kept.update({r["family"]: r for r in rows})
+    return [kept[f] for f, _ in CASES if f in kept]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed-size", action="store_true", help="each family at its seed's default network size")
@@ -158,6 +168,7 @@ def main() -> None:
                "max_diff_vs_monai_over_range": round(float(np.abs(outs["default"] - ref).max()) / span, 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    rows = merged(out.with_suffix(".json"), rows)
     out.with_suffix(".json").write_text(json.dumps({"seed_size": args.seed_size, "rows": rows}, indent=1))
     lines = ["| family | image | default tile | engine, precision | default s | f32 default s | before (tile) s | "
              "MONAI+ORT (roi) s | x MONAI | x MONAI (f32) | x before | max diff vs MONAI / range |",

@@ -142,7 +142,8 @@ def info(model_path, as_json, shape) -> None:
 
     from scopert.commands import preflight as pf
 
-    model = load(model_path, backend="ort", device="cpu")
+    # with --shape, opened as `apply` opens it (engine and precision auto), so the tile is the one a run gets
+    model = load(model_path, precision="auto") if shape else load(model_path, backend="ort", device="cpu")
     sizes = pf.parse_sizes(shape, "--shape", model.in_layout.tiled) if shape else None
     if as_json:
         click.echo(model.card.to_json())

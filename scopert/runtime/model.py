@@ -25,6 +25,8 @@ from scopert.runtime.stitch import ArraySink, BlendStitcher, CropStitcher, SlabS
 
 log = logging.getLogger(__name__)
 
+FOOTPRINT_VOXELS = 1 << 18  # the smaller of the two tiles a memory footprint is measured on
+
 
 class Model(Planner):
     """A model's card and file (``Planner``), its opened backend, and the precision decided for it."""
@@ -34,10 +36,35 @@ class Model(Planner):
         self.backend = backend
         self.precision_decision = precision_decision
         self.last_stats: PipelineStats | None = None
+        self._footprint: Any = None  # measured on first need; False: could not be
 
     def _engine_ranges(self) -> dict[str, tuple[int, int, int]]:
         fixed = getattr(self.backend, "tile_range", None)
         return fixed() if callable(fixed) else {}
+
+    def footprint(self):
+        """The opened CPU engine's memory per tile voxel, measured once in a fresh process on two nominal tiles
+        (``selection.footprint``; cached beside the model); None on a GPU engine, for INT8, or where it cannot be."""
+        info = self.backend.info
+        precision = {"fp32": "f32", "bf16": "bf16"}.get(info.precision)
+        if info.device != "cpu" or precision is None:
+            return None
+        if self._footprint is None:
+            import os
+
+            from scopert.checksum import sha256_file
+            from scopert.runtime.selection.footprint import CACHE_NAME, measured_footprint
+            from scopert.runtime.selection.measured import cache_path, engine_versions
+
+            small = self.nominal_probe_tile(FOOTPRINT_VOXELS)
+            free = [ax for ax in small if ax not in self.card.input.fixed and ax != "t"] or list(small)
+            large = dict(small, **{free[-1]: 2 * small[free[-1]]})  # twice the voxels
+            tiles = [(self.nominal_batch(t).shape, int(np.prod(list(t.values())))) for t in (small, large)]
+            threads = int(getattr(self.backend, "threads", 0) or os.cpu_count() or 1)
+            self._footprint = measured_footprint(self.path, info.name, precision, tiles, threads,
+                                                 sha256_file(self.path), engine_versions(),
+                                                 cache_path(self.path).with_name(CACHE_NAME)) or False
+        return self._footprint or None
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, family={self.card.family!r}, backend={self.backend.info.name!r})"

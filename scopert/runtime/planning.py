@@ -71,7 +71,7 @@ class Planner:
         axis) gets the tile it was built for, a graph built for one shape that shape, a 2D+t model's time axis its
         window; every other axis the size that computes the fewest voxels per voxel written within a memory
         budget (``tile_cost``), not the training patch."""
-        from scopert.runtime.tile_cost import choose_tile, nominal_tile
+        from scopert.runtime.tile_cost import MEASURED_SHARE, available_memory, choose_tile, nominal_tile
 
         ranges = self._engine_ranges()
         if ranges and all(ax in ranges for ax in shape):  # the engine's opt tile: every batch of it fits the profile
@@ -83,9 +83,17 @@ class Planner:
         if len(pinned) == len(shape):
             return pinned, "fixed by the model"
         mode = mode or ("crop" if self.card.tile_invariant else "blend")
-        choice = choose_tile(shape, self.card.halo, self.card.input.divisor, mode, self._bytes_per_voxel(), batch,
-                             pinned)
+        halo, divisor = self.card.halo, self.card.input.divisor
+        choice = choose_tile(shape, halo, divisor, mode, self._bytes_per_voxel(), batch, pinned)
+        footprint = self.footprint() if choice.bound else None  # the estimate bounds the tile: measure the engine
+        if footprint is not None:
+            budget = int(MEASURED_SHARE * available_memory()) - footprint.fixed_bytes
+            choice = choose_tile(shape, halo, divisor, mode, footprint.bytes_per_voxel, batch, pinned, budget,
+                                 footprint.basis)
         return choice.tile, choice.why()
+    def footprint(self):
+        """The engine's measured memory per tile voxel (``Model``: its opened engine); none before one is open."""
+        return None
     def _bytes_per_voxel(self) -> int:
         """Activation bytes per tile voxel x ``LIVE_BUFFERS``: the largest activation per input voxel the export
         recorded (shape inference), else the widest filter bank x 4 B (read once)."""
@@ -230,23 +238,34 @@ class Planner:
         return fit_normalization(frames, spec)(np.asarray(frames))
 
     # ---- tiles for measurements ----------------------------------------------------------------------------
-    def nominal_batch(self) -> np.ndarray:
-        """One nominal tile (the card's tile, or 32 along z and 256 along y/x, at least 4x the halo; shrunk to
-        ``PROBE_VOXELS``), in the model's layout: the engines are compared on a tile of a typical run's size, the
-        same for every input, so the measurement is cached once per model."""
+    def nominal_batch(self, tile: dict[str, int] | None = None) -> np.ndarray:
+        """One nominal tile (``nominal_probe_tile``, or ``tile``) of random values in the model's layout: the
+        engines are compared on a tile of a typical run's size, the same for every input, so the measurement is
+        cached once per model."""
+        tile = tile or self.nominal_probe_tile()
+        card = self.card
+        # the model's channel axis: its channels, or the frame window of a 'btyx' model whose frames are its channels
+        channels = (card.input.time_window or 1) if self.in_layout.channel == "t" else (
+            card.input.channels if "c" in card.input.axes else 1)
+        shape = (1, channels) + tuple(tile[ax] for ax in self.in_layout.tiled)
+        return self.in_layout.to_model(np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32))
+
+    def nominal_probe_tile(self, voxels: int | None = None) -> dict[str, int]:
+        """The card's tile (or 32 along z and 256 along y/x, at least 4x the halo) shrunk to ``PROBE_VOXELS``.
+        ``voxels``: about that many instead (within 2x), the halo ignored: a tile for a memory measurement."""
         card = self.card
         tiled = self.in_layout.tiled
         tile = {ax: round_up(int(card.input.fixed[ax]), card.input.divisor.get(ax, 1)) if ax in card.input.fixed
                 else nominal_tile(card, ax) for ax in tiled}
         fixed = {"t"} if self.in_layout.channel == "t" or "t" in tiled and card.input.time_window else set()
-        floor = {ax: (tile[ax] if ax in fixed else 4 * card.halo.get(ax, 0) + card.input.divisor.get(ax, 1))
-                 for ax in tile}
-        tile = probe_tile(tile, floor, card.input.divisor)
-        # the model's channel axis: its channels, or the frame window of a 'btyx' model whose frames are its channels
-        channels = (card.input.time_window or 1) if self.in_layout.channel == "t" else (
-            card.input.channels if "c" in card.input.axes else 1)
-        x = np.random.default_rng(0).uniform(0, 1, (1, channels) + tuple(tile[ax] for ax in tiled)).astype(np.float32)
-        return self.in_layout.to_model(x)
+        halo = {ax: 0 if voxels else 4 * card.halo.get(ax, 0) for ax in tile}
+        floor = {ax: (tile[ax] if ax in fixed else halo[ax] + card.input.divisor.get(ax, 1)) for ax in tile}
+        tile = probe_tile(tile, floor, card.input.divisor, voxels or PROBE_VOXELS)
+        free = [ax for ax in tile if ax not in fixed and ax not in card.input.fixed]
+        while voxels and free and 2 * int(np.prod(list(tile.values()))) <= voxels:
+            ax = min(free, key=lambda a: tile[a])
+            tile[ax] = round_up(2 * tile[ax], card.input.divisor.get(ax, 1))
+        return tile
 
     def sample_tiles(self, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
         """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it (for a model

@@ -5,9 +5,12 @@ by a quarter of the core besides; small tiles pay that many times (an imported 3
 patch ran 98 tiles of 37^3 for a 64x118x200 volume, 7x the voxels written, and was 2.4x slower than one tile).
 So the default weighs, per axis, how many voxels the tiles of a candidate size compute (the same count the
 tiler's plan makes, ``axis_cost``), adds a fixed cost per tile (a backend call, a reflection, a stitch), and
-takes the cheapest candidate whose batch of activations fits the budget: a quarter of the memory available
-now, with the widest filter bank of the graph times 4 bytes times ``LIVE_BUFFERS`` per voxel. A volume that
-fits in one tile plus its halo runs as one tile. Imports only the standard library and the tiling module.
+takes the cheapest candidate whose batch fits the memory budget. The budget is a quarter of the memory
+available now for an estimate from the graph (its largest activation times ``LIVE_BUFFERS`` per voxel), or half
+of it for the engine's own footprint measured where the estimate bounds the tile (``selection.footprint``: the
+estimate missed by 0.6x to 2.7x). A volume that fits in one tile plus its halo runs as one tile, and an axis
+shorter than 4x its halo gets one tile over the whole axis. Imports only the standard library and the tiling
+module.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from scopert.runtime.tiling import default_overlap, round_up
 
 LIVE_BUFFERS = 4  # activations alive at once per voxel (input, output, a skip or residual, workspace)
 TILE_COST_VOXELS = 32_768  # per-tile fixed cost, in voxels of compute (a backend call, reflection, stitching)
-MEMORY_SHARE = 0.25  # of the memory available when the plan is made
+MEMORY_SHARE = 0.25  # of the memory available when the plan is made, for an estimated footprint
+MEASURED_SHARE = 0.5  # for a footprint measured on the engine and precision that run
 MAX_CANDIDATES = 40  # per axis
 
 
@@ -35,11 +39,13 @@ class TileChoice:
     overhead: float  # voxels computed per voxel written
     budget_bytes: int
     bytes_per_voxel: int
+    bound: bool = False  # the budget ruled out a tile that computes fewer voxels
+    basis: str = "estimated from the graph"  # or "measured on <engine> <precision>"
 
     def why(self) -> str:
         return (f"{'x'.join(map(str, self.tile.values()))}: {self.n_tiles} tile(s), {self.overhead:.2f} voxels "
-                f"computed per voxel written, the fewest within {self.budget_bytes / 2**30:.1f} GiB of activations "
-                f"({self.bytes_per_voxel} B per voxel)")
+                f"computed per voxel written, the fewest within {self.budget_bytes / 2**30:.1f} GiB "
+                f"({self.bytes_per_voxel} B per voxel, {self.basis})")
 
 
 def nominal_tile(card: Any, axis: str) -> int:
@@ -85,6 +91,8 @@ def axis_cost(size: int, tile: int, halo: int, divisor: int, mode: str) -> tuple
 def _candidates(size: int, halo: int, divisor: int, floor: int) -> list[int]:
     """Tile sizes worth trying on one axis: one tile over the whole axis, n even tiles, and a geometric ladder."""
     whole = round_up(size + 2 * halo, divisor)
+    if whole <= floor:  # one tile over the whole axis computes less than the smallest tile that splits it
+        return [whole]
     sizes = {whole}
     for n in range(2, 64):
         sizes.add(round_up(math.ceil(size / n) + 2 * halo, divisor))
@@ -101,7 +109,7 @@ def _candidates(size: int, halo: int, divisor: int, floor: int) -> list[int]:
 
 def choose_tile(shape: dict[str, int], halo: dict[str, int], divisor: dict[str, int], mode: str,
                 bytes_per_voxel: int, batch: int = 1, pinned: dict[str, int] | None = None,
-                budget_bytes: int | None = None) -> TileChoice:
+                budget_bytes: int | None = None, basis: str = "estimated from the graph") -> TileChoice:
     """The tile over ``shape``'s axes that computes the fewest voxels (plus a fixed cost per tile) with a batch
     of activations inside the budget; ``pinned`` axes keep their given size (e.g. a 2D+t model's time window)."""
     budget = int(budget_bytes if budget_bytes is not None else MEMORY_SHARE * available_memory())
@@ -116,16 +124,18 @@ def choose_tile(shape: dict[str, int], halo: dict[str, int], divisor: dict[str, 
             sizes = _candidates(shape[ax], h, d, round_up(4 * h + d, d))
         options.append([(t,) + axis_cost(shape[ax], t, h, d, mode) for t in sizes])
     limit = max(1, budget // max(1, bytes_per_voxel * batch))
-    best = None
+    best, cheapest = None, math.inf
     for combo in itertools.product(*options):
         voxels = math.prod(c[0] for c in combo)
         n_tiles = math.prod(c[1] for c in combo)
         cost = math.prod(c[2] for c in combo) + n_tiles * TILE_COST_VOXELS
+        cheapest = min(cheapest, cost)
         fits = voxels <= limit
         key = (not fits, cost if fits else voxels)  # over budget everywhere: the smallest tile
         if best is None or key < best[0]:
-            best = (key, combo)
-    combo = best[1]
+            best = (key, combo, cost)
+    _, combo, cost = best
     n_tiles = math.prod(c[1] for c in combo)
     overhead = math.prod(c[2] for c in combo) / max(1, math.prod(shape.values()))
-    return TileChoice({ax: c[0] for ax, c in zip(axes, combo)}, n_tiles, overhead, budget, bytes_per_voxel)
+    return TileChoice({ax: c[0] for ax, c in zip(axes, combo)}, n_tiles, overhead, budget, bytes_per_voxel,
+                      bound=cheapest < cost, basis=basis)

@@ -30,8 +30,14 @@ def test_the_choice_fits_the_budget_and_beats_the_training_tile(z, y, halo, mode
     shape, h, d = {"z": z, "y": y, "x": y}, {"z": halo, "y": halo, "x": halo}, {"z": 4, "y": 4, "x": 4}
     choice = choose_tile(shape, h, d, mode, bytes_per_voxel=256, budget_bytes=budget_mb * 2**20)
     voxels = math.prod(choice.tile.values())
-    floor = math.prod(round_up(4 * halo + 4, 4) for _ in shape)
+    floor = math.prod(min(round_up(4 * halo + 4, 4), round_up(shape[a] + 2 * halo, 4)) for a in shape)
     assert voxels * 256 <= budget_mb * 2**20 or voxels == floor, "over budget only at the smallest legal tile"
+    unbounded = choose_tile(shape, h, d, mode, 256, budget_bytes=2**62)
+
+    def cost(c):
+        return math.prod(axis_cost(shape[a], c.tile[a], halo, 4, mode)[1] for a in shape) + c.n_tiles * 32_768
+
+    assert choice.bound == (cost(unbounded) < cost(choice)), "bound: the budget ruled out a cheaper tile"
     old = {a: round_up(max(32 if a == "z" else 64, 4 * halo + 4), 4) for a in shape}  # a training patch
     if math.prod(old.values()) * 256 <= budget_mb * 2**20:
         cost = math.prod(axis_cost(shape[a], choice.tile[a], halo, 4, mode)[1] for a in shape)
@@ -48,6 +54,16 @@ def test_a_volume_that_fits_runs_as_one_tile_and_pinned_axes_keep_their_size():
     pinned = choose_tile({"t": 40, "y": 512, "x": 512}, {"y": 8, "x": 8}, {"y": 2, "x": 2}, "blend", 1024,
                          pinned={"t": 5}, budget_bytes=2**30)
     assert pinned.tile["t"] == 5 and "voxels computed per voxel written" in pinned.why()
+
+
+def test_an_axis_shorter_than_four_halos_runs_as_one_tile_over_it():
+    """The seed-size U-Net (halo 36) on the 64-plane ovule: one tile of 136 planes, not the 152-plane floor."""
+    choice = choose_tile({"z": 64, "y": 200, "x": 200}, {"z": 36, "y": 35, "x": 38}, {"z": 8, "y": 8, "x": 8},
+                         "blend", 1536, budget_bytes=5 * 2**30)
+    assert choice.tile["z"] == 136 and choice.bound, choice
+    free = choose_tile({"z": 64, "y": 200, "x": 200}, {"z": 36, "y": 35, "x": 38}, {"z": 8, "y": 8, "x": 8},
+                       "blend", 1536, budget_bytes=2**40)
+    assert free.n_tiles == 1 and free.tile == {"z": 136, "y": 272, "x": 280} and not free.bound
 
 
 def test_info_says_the_default_tile_for_a_shape(tmp_path):

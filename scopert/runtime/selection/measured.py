@@ -100,7 +100,7 @@ def read_cache(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_cache(path: Path, records: dict[str, Any]) -> None:
+def write_cache(path: Path, records: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"records": records}, indent=2))
@@ -128,7 +128,7 @@ def decide(key: ChoiceKey, cache: Path, measure: Callable[[], dict[str, float]])
                          "versions": dict(key.versions), "cpu": key.cpu, "threads": key.threads,
                          "input_shape": list(key.input_shape), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
-        _write_cache(cache, records)
+        write_cache(cache, records)
     except OSError as exc:
         log.warning("could not record the backend measurement in %s: %s", cache, exc)
     return MeasuredChoice(pick, seconds, reused=False, stale=stale, cache=str(cache))
