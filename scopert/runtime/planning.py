@@ -71,7 +71,7 @@ class Planner:
         axis) gets the tile it was built for, a graph built for one shape that shape, a 2D+t model's time axis its
         window; every other axis the size that computes the fewest voxels per voxel written within a memory
         budget (``tile_cost``), not the training patch."""
-        from scopert.runtime.tile_cost import MEASURED_SHARE, available_memory, choose_tile, nominal_tile
+        from scopert.runtime.tile_cost import MEMORY_SHARE, available_memory, choose_tile, nominal_tile
 
         ranges = self._engine_ranges()
         if ranges and all(ax in ranges for ax in shape):  # the engine's opt tile: every batch of it fits the profile
@@ -87,7 +87,7 @@ class Planner:
         choice = choose_tile(shape, halo, divisor, mode, self._bytes_per_voxel(), batch, pinned)
         footprint = self.footprint() if choice.bound else None  # the estimate bounds the tile: measure the engine
         if footprint is not None:
-            budget = int(MEASURED_SHARE * available_memory()) - footprint.fixed_bytes
+            budget = int(MEMORY_SHARE * available_memory()) - footprint.fixed_bytes
             choice = choose_tile(shape, halo, divisor, mode, footprint.bytes_per_voxel, batch, pinned, budget,
                                  footprint.basis)
         return choice.tile, choice.why()

@@ -5,10 +5,11 @@ by a quarter of the core besides; small tiles pay that many times (an imported 3
 patch ran 98 tiles of 37^3 for a 64x118x200 volume, 7x the voxels written, and was 2.4x slower than one tile).
 So the default weighs, per axis, how many voxels the tiles of a candidate size compute (the same count the
 tiler's plan makes, ``axis_cost``), adds a fixed cost per tile (a backend call, a reflection, a stitch), and
-takes the cheapest candidate whose batch fits the memory budget. The budget is a quarter of the memory
-available now for an estimate from the graph (its largest activation times ``LIVE_BUFFERS`` per voxel), or half
-of it for the engine's own footprint measured where the estimate bounds the tile (``selection.footprint``: the
-estimate missed by 0.6x to 2.7x). A volume that fits in one tile plus its halo runs as one tile, and an axis
+takes the cheapest candidate whose batch fits the memory budget: a quarter of the memory available now, for
+the graph's estimate (its largest activation times ``LIVE_BUFFERS`` per voxel), or where that estimate bounds
+the tile, for the engine's own footprint, measured (``selection.footprint``: the estimate missed by 0.6x to
+2.7x). A quarter, not more: an engine keeps a compiled shape's buffers after the run, and a process may hold
+several models (two seed-size U-Nets at half the memory each and MONAI beside them were killed for memory). A volume that fits in one tile plus its halo runs as one tile, and an axis
 shorter than 4x its halo gets one tile over the whole axis. Imports only the standard library and the tiling
 module.
 """
@@ -25,8 +26,7 @@ from scopert.runtime.tiling import default_overlap, round_up
 
 LIVE_BUFFERS = 4  # activations alive at once per voxel (input, output, a skip or residual, workspace)
 TILE_COST_VOXELS = 32_768  # per-tile fixed cost, in voxels of compute (a backend call, reflection, stitching)
-MEMORY_SHARE = 0.25  # of the memory available when the plan is made, for an estimated footprint
-MEASURED_SHARE = 0.5  # for a footprint measured on the engine and precision that run
+MEMORY_SHARE = 0.25  # of the memory available when the plan is made
 MAX_CANDIDATES = 40  # per axis
 
 

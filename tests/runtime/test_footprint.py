@@ -1,6 +1,6 @@
 """The engine's measured memory footprint (issue 24): measured in a fresh process only where the graph's estimate
 bounds the default tile, fitted as a fixed part plus bytes per voxel, cached beside the model, and the tile it
-yields fits half of the memory available."""
+yields fits a quarter of the memory available."""
 
 from __future__ import annotations
 
@@ -57,5 +57,5 @@ def test_the_engine_is_measured_only_where_the_estimate_bounds_the_tile(tmp_path
     tile, why = model.tile_choice(shape)
     measured = model.footprint()
     assert "measured on ort f32" in why, why
-    assert measured.bytes_for(math.prod(tile.values())) <= tile_cost.MEASURED_SHARE * available
+    assert measured.bytes_for(math.prod(tile.values())) <= tile_cost.MEMORY_SHARE * available
     assert (tmp_path / "engines" / fp.CACHE_NAME).is_file()

@@ -34,6 +34,22 @@ def tiles(data_dir):
     return np.stack([img[None, :128, :128], img[None, 128:256, 200:328], img[None, 300:428, 300:428]])
 
 
+def test_only_the_most_recent_tile_shapes_stay_compiled(model2d, tiles):
+    """Each compiled shape holds its requests' activations; a long-lived process that meets many shapes (napari,
+    a folder of files) keeps the last ``COMPILED_SHAPES`` and drops the oldest, results unchanged."""
+    from scopert.runtime.backends.openvino import COMPILED_SHAPES
+
+    ov_b = OpenVinoBackend(model2d, threads=2)
+    first = ov_b.run(tiles[:1, :, :64, :64])
+    for size in (48, 56, 72):
+        ov_b.run(tiles[:1, :, :size, :size])
+    assert COMPILED_SHAPES == 3 and ov_b.compiled_shapes() == [(1, 1, s, s) for s in (48, 56, 72)]
+    ov_b.run(tiles[:1, :, :56, :56])  # used again: now the most recent, so 48 goes next
+    ov_b.run(tiles[:1, :, :64, :64])
+    assert ov_b.compiled_shapes() == [(1, 1, s, s) for s in (56, 64, 72)]
+    np.testing.assert_array_equal(ov_b.run(tiles[:1, :, :64, :64]), first)
+
+
 def test_openvino_matches_ort_on_real_tiles(model2d, tiles):
     ov_b = OpenVinoBackend(model2d, threads=2)
     ort_b = OrtBackend(model2d, device="cpu", threads=2)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
 IN_FLIGHT = 2
+COMPILED_SHAPES = 3  # tile shapes kept compiled; each holds its requests' activation memory until dropped
 
 
 class UnsupportedOpError(BackendError):
@@ -168,8 +169,9 @@ class OpenVinoBackend(Backend):
 
     def _compiled_for(self, shape: tuple[int, ...]) -> _Compiled:
         with self._cache_lock:
-            entry = self._cache.get(shape)
+            entry = self._cache.pop(shape, None)
             if entry is not None:
+                self._cache[shape] = entry  # the most recently used goes last
                 return entry
             if len(shape) != self._rank:
                 raise InputError(f"a tile batch of shape {shape} has {len(shape)} axes; the model takes "
@@ -190,6 +192,8 @@ class OpenVinoBackend(Backend):
                 log.warning("OpenVINO compiled %s with precision %s where %s was set", shape, got, self.precision)
             entry = _Compiled(compiled, [compiled.create_infer_request() for _ in range(IN_FLIGHT)])
             self._cache[shape] = entry
+            while len(self._cache) > COMPILED_SHAPES:  # a run in flight on a dropped shape keeps its own reference
+                del self._cache[next(iter(self._cache))]
             log.debug("OpenVINO compiled tile shape %s (%s)", shape, self.precision)
             return entry
 
