@@ -8,8 +8,10 @@ runtime used before (the card's training patch raised to 4x the halo + the divis
 ``sliding_window_inference`` (roi 32x128x128 in 3D, 256x256 in 2D, overlap 0.25, gaussian) driving an ONNX
 Runtime session of the same file on the same normalized input (CNNT: the time window as MONAI's first spatial
 axis, transposed into the graph's b,t,c,y,x; blind-spot: each output frame's window of frames as channels); best
-of ``REPEATS``, alternated. Reports the tile, engine and precision the defaults chose (with the gate's PSNR), the
-seconds, the ratios, and the max difference to MONAI over the output range. Writes
+of ``REPEATS``, alternated (at seed size each contender drops its engine's memory after its run and the next
+run compiles again, so no two hold a seed-size U-Net's gigabytes at once). Reports the tile, engine and
+precision the defaults chose (with the gate's PSNR), the seconds, the ratios, and the max difference to MONAI
+over the output range. Writes
 ``benchmarks/results/default_path_vs_monai.{json,md}``.
 
 ``--seed-size`` builds each family at its seed's default network size (``tests/families.SEED_SIZES``: 3D-RCAN's
@@ -58,20 +60,33 @@ CASES = [("rcan", "ovule"), ("unet", "ovule"), ("rcan2d", "w2s"), ("tagan", "w2s
          ("blindspot", "movie")]
 
 
-def monai_runner(model, session, x, norm):
-    """MONAI's sliding window over the normalized input, each window run by ONNX Runtime on the same file."""
+def monai_runner(model, open_session, x, norm, fresh: bool = False):
+    """MONAI's sliding window over the normalized input, each window run by ONNX Runtime on the same file
+    (``fresh``: a session opened per run and dropped after it, so it holds no memory while the others run)."""
     import torch
     from monai.inferers import sliding_window_inference
 
-    name = session.get_inputs()[0].name
+    held = {"session": None if fresh else open_session()}
+
+    def ort(t):
+        held["session"] = held["session"] or open_session()
+        session = held["session"]
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: t.numpy()})[0])
+
+    def released(run):
+        def go():
+            try:
+                return run()
+            finally:
+                if fresh:
+                    held["session"] = None
+        return go
+
     card = model.card
     tiled = model.in_layout.tiled.replace("t", "")  # MONAI's roi over space; CNNT's time window is added below
     roi = (32, 128, 128) if len(tiled) == 3 else (256, 256)
     roi = tuple(max(r, 4 * card.halo.get(a, 0) + card.input.divisor.get(a, 1)) for r, a in zip(roi, tiled))
     roi = tuple(-(-r // card.input.divisor.get(a, 1)) * card.input.divisor.get(a, 1) for r, a in zip(roi, tiled))
-
-    def ort(t):
-        return torch.from_numpy(session.run(None, {name: t.numpy()})[0])
 
     if model.family_kind == "window":  # blind-spot: the window of frames is the graph's channel axis
         size = card.input.time_window
@@ -82,7 +97,7 @@ def monai_runner(model, session, x, norm):
                 window = torch.from_numpy(model._normalize_frames(x[model.frame_window(len(x), i)])[None])
                 outs.append(sliding_window_inference(window, roi, 1, ort, overlap=0.25, mode="gaussian")[0, 0])
             return np.stack([o.numpy() for o in outs])
-        return run, roi + (size,)
+        return released(run), roi + (size,)
     if "t" in card.input.axes:  # CNNT: b,t,c,y,x; MONAI tiles (t, y, x) with t one window
         roi3 = (card.input.time_window,) + roi
 
@@ -90,12 +105,12 @@ def monai_runner(model, session, x, norm):
             inp = torch.from_numpy(norm(x.astype(np.float32))[None, None])
             return sliding_window_inference(inp, roi3, 1, lambda t: ort(t.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4),
                                             overlap=0.25, mode="gaussian")[0, 0].numpy()
-        return run, roi3
+        return released(run), roi3
 
     def run():
         inp = torch.from_numpy(norm(x.astype(np.float32))[None, None])
         return sliding_window_inference(inp, roi, 1, ort, overlap=0.25, mode="gaussian")[0].numpy()
-    return run, roi
+    return released(run), roi
 
 
 def old_tile(model) -> dict[str, int]:
@@ -143,11 +158,20 @@ def main() -> None:
         tile, why = model.tile_choice(dict(zip(model.in_layout.tiled, shape)))
         before = old_tile(model)
         norm = fit_normalization(x, model.card.normalization)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        monai_run, roi = monai_runner(model, session, x, norm)
+        monai_run, roi = monai_runner(
+            model, lambda: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), x, norm,
+            fresh=args.seed_size)
         axes = "tyx" if x is data["movie"] else None
-        runs = {"default": lambda: model.predict(x, axes=axes), "f32": lambda: f32.predict(x, axes=axes),
-                "before": lambda: model.predict(x, tile=before, axes=axes), "monai": monai_run}
+
+        def predict(m, **kw):
+            try:
+                return m.predict(x, axes=axes, **kw)
+            finally:
+                if args.seed_size and m.backend.info.name == "openvino":  # each contender holds its memory
+                    m.backend.close()  # only while it runs: OpenVINO drops its compiled shapes and compiles again
+
+        runs = {"default": lambda: predict(model), "f32": lambda: predict(f32),
+                "before": lambda: predict(model, tile=before), "monai": monai_run}
         if args.seed_size:  # the training-patch tile of a seed-size net runs for many minutes; measured on the small
             del runs["before"]  # nets above, where it already lost 1.5-52x
         times, outs = {key: float("inf") for key in runs}, {}
