@@ -8,10 +8,11 @@ tiler's plan makes, ``axis_cost``), adds a fixed cost per tile (a backend call, 
 takes the cheapest candidate whose batch fits the memory budget: a quarter of the memory available now, for
 the graph's estimate (its largest activation times ``LIVE_BUFFERS`` per voxel), or where that estimate bounds
 the tile, for the engine's own footprint, measured (``selection.footprint``: the estimate missed by 0.6x to
-2.7x). A quarter, not more: an engine keeps a compiled shape's buffers after the run, and a process may hold
-several models (two seed-size U-Nets at half the memory each and MONAI beside them were killed for memory). A volume that fits in one tile plus its halo runs as one tile, and an axis
-shorter than 4x its halo gets one tile over the whole axis. Imports only the standard library and the tiling
-module.
+2.7x). A quarter, not more: an engine keeps a compiled shape's buffers after the run, a process may hold several
+models (two seed-size U-Nets at half the memory each and MONAI beside them were killed for memory), and a local
+cluster runs one worker per core on tiles planned from the client's memory. A volume that fits in one tile plus
+its halo runs as one tile, and an axis shorter than 4x its halo gets one tile over the whole axis. Imports only
+the standard library and the tiling module.
 """
 
 from __future__ import annotations

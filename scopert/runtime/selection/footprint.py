@@ -103,13 +103,15 @@ def peak_in_child(path: Path, engine: str, precision: str, shape: tuple[int, ...
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "scopert.runtime.selection.footprint", str(path), engine, precision,
            ",".join(map(str, shape)), str(threads)]
+    stderr = ""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=env)
+        stderr = done.stderr.strip()
         return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
     except (subprocess.SubprocessError, OSError, ValueError, IndexError, KeyError) as exc:
-        tail = (locals().get("done") and done.stderr.strip().splitlines()[-1:]) or [str(exc)]
+        why = stderr.splitlines()[-1] if stderr else str(exc)
         log.info("memory footprint of %s on %s not measured (%s); the graph's estimate stays", path.name, engine,
-                 tail[0][:200])
+                 why[:200])
         return None
 
 
