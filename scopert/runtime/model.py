@@ -9,6 +9,7 @@ stitches. ``Model.predict_to`` does the same into a slab sink (a file writer), s
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -43,23 +44,19 @@ class Model(Planner):
         return fixed() if callable(fixed) else {}
 
     def footprint(self):
-        """The opened CPU engine's memory per tile voxel, measured once in a fresh process on two nominal tiles
+        """The opened CPU engine's memory per tile voxel, measured once in a fresh process on two tiles
         (``selection.footprint``; cached beside the model); None on a GPU engine, for INT8, or where it cannot be."""
         info = self.backend.info
         precision = {"fp32": "f32", "bf16": "bf16"}.get(info.precision)
         if info.device != "cpu" or precision is None:
             return None
         if self._footprint is None:
-            import os
-
             from scopert.checksum import sha256_file
             from scopert.runtime.selection.footprint import CACHE_NAME, measured_footprint
             from scopert.runtime.selection.measured import cache_path, engine_versions
 
-            small = self.nominal_probe_tile(FOOTPRINT_VOXELS)
-            free = [ax for ax in small if ax not in self.card.input.fixed and ax != "t"] or list(small)
-            large = dict(small, **{free[-1]: 2 * small[free[-1]]})  # twice the voxels
-            tiles = [(self.nominal_batch(t).shape, int(np.prod(list(t.values())))) for t in (small, large)]
+            tiles = [(self.nominal_batch(t).shape, int(np.prod(list(t.values()))))
+                     for t in self.footprint_tiles(FOOTPRINT_VOXELS)]
             threads = int(getattr(self.backend, "threads", 0) or os.cpu_count() or 1)
             self._footprint = measured_footprint(self.path, info.name, precision, tiles, threads,
                                                  sha256_file(self.path), engine_versions(),

@@ -254,18 +254,32 @@ class Planner:
         """The card's tile (or 32 along z and 256 along y/x, at least 4x the halo) shrunk to ``PROBE_VOXELS``.
         ``voxels``: about that many instead (within 2x), the halo ignored: a tile for a memory measurement."""
         card = self.card
-        tiled = self.in_layout.tiled
         tile = {ax: round_up(int(card.input.fixed[ax]), card.input.divisor.get(ax, 1)) if ax in card.input.fixed
-                else nominal_tile(card, ax) for ax in tiled}
-        fixed = {"t"} if self.in_layout.channel == "t" or "t" in tiled and card.input.time_window else set()
-        halo = {ax: 0 if voxels else 4 * card.halo.get(ax, 0) for ax in tile}
-        floor = {ax: (tile[ax] if ax in fixed else halo[ax] + card.input.divisor.get(ax, 1)) for ax in tile}
+                else nominal_tile(card, ax) for ax in self.in_layout.tiled}
+        window = "t" if card.input.time_window else ""  # a 2D+t model's time axis keeps its window
+        floor = {ax: (tile[ax] if ax == window else (0 if voxels else 4 * card.halo.get(ax, 0))
+                      + card.input.divisor.get(ax, 1)) for ax in tile}
         tile = probe_tile(tile, floor, card.input.divisor, voxels or PROBE_VOXELS)
-        free = [ax for ax in tile if ax not in fixed and ax not in card.input.fixed]
+        free = self._resizable_axes()
         while voxels and free and 2 * int(np.prod(list(tile.values()))) <= voxels:
-            ax = min(free, key=lambda a: tile[a])
-            tile[ax] = round_up(2 * tile[ax], card.input.divisor.get(ax, 1))
+            tile = self._doubled(tile, free)
         return tile
+
+    def footprint_tiles(self, voxels: int) -> list[dict[str, int]]:
+        """Two tiles for a memory measurement: about ``voxels``, and the same with one axis doubled (only the first
+        where the graph fixes every axis)."""
+        small, free = self.nominal_probe_tile(voxels), self._resizable_axes()
+        return [small, self._doubled(small, free)] if free else [small]
+
+    def _resizable_axes(self) -> list[str]:
+        """Tiled axes a probe tile may resize: not a 2D+t model's time window, not a size the graph fixes."""
+        card = self.card
+        window = "t" if card.input.time_window else ""
+        return [ax for ax in self.in_layout.tiled if ax != window and ax not in card.input.fixed]
+
+    def _doubled(self, tile: dict[str, int], free: list[str]) -> dict[str, int]:
+        ax = min(free, key=lambda a: tile[a])
+        return dict(tile, **{ax: round_up(2 * tile[ax], self.card.input.divisor.get(ax, 1))})
 
     def sample_tiles(self, array: np.ndarray, n: int = 4, tile=None, axes: str | None = None) -> list[np.ndarray]:
         """Up to ``n`` normalized, model-layout tiles (1, C, ...) of a real ``array``, spread over it (for a model

@@ -29,6 +29,7 @@ LIVE_BUFFERS = 4  # activations alive at once per voxel (input, output, a skip o
 TILE_COST_VOXELS = 32_768  # per-tile fixed cost, in voxels of compute (a backend call, reflection, stitching)
 MEMORY_SHARE = 0.25  # of the memory available when the plan is made
 MAX_CANDIDATES = 40  # per axis
+ESTIMATED = "estimated from the graph"  # the basis of a budget without a measured footprint
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class TileChoice:
     budget_bytes: int
     bytes_per_voxel: int
     bound: bool = False  # the budget ruled out a tile that computes fewer voxels
-    basis: str = "estimated from the graph"  # or "measured on <engine> <precision>"
+    basis: str = ESTIMATED  # or "measured on <engine> <precision>"
 
     def why(self) -> str:
         return (f"{'x'.join(map(str, self.tile.values()))}: {self.n_tiles} tile(s), {self.overhead:.2f} voxels "
@@ -110,7 +111,7 @@ def _candidates(size: int, halo: int, divisor: int, floor: int) -> list[int]:
 
 def choose_tile(shape: dict[str, int], halo: dict[str, int], divisor: dict[str, int], mode: str,
                 bytes_per_voxel: int, batch: int = 1, pinned: dict[str, int] | None = None,
-                budget_bytes: int | None = None, basis: str = "estimated from the graph") -> TileChoice:
+                budget_bytes: int | None = None, basis: str = ESTIMATED) -> TileChoice:
     """The tile over ``shape``'s axes that computes the fewest voxels (plus a fixed cost per tile) with a batch
     of activations inside the budget; ``pinned`` axes keep their given size (e.g. a 2D+t model's time window)."""
     budget = int(budget_bytes if budget_bytes is not None else MEMORY_SHARE * available_memory())

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(not fp.Path("/proc/self/status").exists(), reaso
 def test_fit_separates_the_fixed_part_and_survives_noise():
     assert fp.fit([(2000, 10_000 + 2000 * 800), (1000, 10_000 + 1000 * 800)]) == (10_000, 800)
     assert fp.fit([(1000, 900_000), (2000, 850_000)]) == (0, 425)  # the larger no dearer: its whole peak per voxel
+    assert fp.fit([(1000, 900_000)]) == (0, 900)  # a graph that fixes every axis: one tile
 
 
 def test_a_child_measures_a_real_engine_and_the_record_is_reused(tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 the tile-variant families) and with crop: 3D (RCAN, U-Net with GroupNorm), 2D over a z-stack (RCAN 2D), 2D+t
 (CNNT), a window of frames in and the centre frame out (blind-spot), and TA-GAN. The models are imported from
 checkpoints in their seed repositories' formats; the images are real. Each family runs with ``auto`` and with
-the stitching auto does not pick (an explicit mode equal to auto's would repeat its run). Blocks are chosen so that each run has
-several blocks and tiles straddle block boundaries (the redundant tiles are part of what is proved exact)."""
+the stitching auto does not pick (an explicit mode equal to auto's would repeat its run). Blocks are chosen so
+that each run has several blocks and tiles straddle block boundaries (the redundant tiles are part of what is
+proved exact)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_every_family_on_dask_equals_the_single_machine(case, stitch, family_mod
         pytest.skip("one whole-frame tile per frame: crop and blend are the same run")  # not a hidden failure
     model = exported(family, family_models)
     if stitch == "other":  # auto is blend for a tile-variant card, crop for an invariant one
-        stitch = "crop" if not read_card(model).tile_invariant else "blend"
+        stitch = "blend" if read_card(model).tile_invariant else "crop"
     opts = dict(opts, stitch=stitch)
     expect = single(model, images / image, tmp_path / "single.zarr", **opts)
     result = distributed_run(model, images / image, tmp_path / "dist.zarr", client, block, **opts)

@@ -52,9 +52,9 @@ def _status_kib(field: str) -> int:
 
 
 def fit(points: list[tuple[int, int]]) -> tuple[int, int]:
-    """(fixed bytes, bytes per voxel) through two (voxels, peak bytes) points; a slope lost in noise (the larger
-    tile no dearer) charges the larger tile's whole peak per voxel instead."""
-    (va, pa), (vb, pb) = sorted(points)
+    """(fixed bytes, bytes per voxel) through two (voxels, peak bytes) points; one point, or a slope lost in noise
+    (the larger tile no dearer), charges the larger tile's whole peak per voxel instead."""
+    (va, pa), (vb, pb) = sorted(points)[0], sorted(points)[-1]
     slope = (pb - pa) / (vb - va) if vb > va else 0.0
     if slope <= 0:
         return 0, math.ceil(pb / vb)
@@ -67,8 +67,9 @@ def cache_key(sha256: str, engine: str, precision: str, threads: int, versions: 
 
 def measured_footprint(path: Path, engine: str, precision: str, tiles: list[tuple[tuple[int, ...], int]],
                        threads: int, sha256: str, versions: dict[str, str], cache: Path) -> Footprint | None:
-    """The cached footprint of ``path`` on ``engine`` at ``precision``, or one measured now on ``tiles`` (two
-    (batch shape in the model's layout, tile voxels)) and recorded; None where it cannot be measured."""
+    """The cached footprint of ``path`` on ``engine`` at ``precision``, or one measured now on ``tiles`` ((batch
+    shape in the model's layout, tile voxels), two where the graph lets a tile grow) and recorded; None where it
+    cannot be measured."""
     from scopert.runtime.selection.measured import read_cache, write_cache
 
     key = cache_key(sha256, engine, precision, threads, versions)
